@@ -1,0 +1,71 @@
+"""Checkpoints: weights plus a JSON metadata record, in one file.
+
+The file is a torch.save of {"format", "metadata" (a JSON string), "state_dict"}
+and is always read with weights_only=True, so loading one never unpickles code.
+The metadata says everything needed to rebuild and feed the model:
+
+    architecture, classes, input_size [H, W], map_size [h, w], mean, std,
+    name, version, parent_version, trained_on, created
+"""
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from finetune.model import ABN, create_model
+
+FORMAT = 1
+REQUIRED = ("architecture", "classes", "input_size", "map_size", "mean", "std", "name", "version")
+
+
+def metadata(model: ABN, architecture: str, classes: list[str], input_size: tuple[int, int], mean: list[float],
+             std: list[float], trained_on: dict, name: str = "abn", version: int = 1,
+             parent_version: int | None = None) -> dict:
+    return {
+        "architecture": architecture, "classes": list(classes), "input_size": list(input_size),
+        "map_size": list(model.map_size(input_size)), "mean": list(mean), "std": list(std), "name": name,
+        "version": version, "parent_version": parent_version, "trained_on": trained_on,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def atomic_save(obj: object, path: str | Path) -> None:
+    """torch.save through a temporary file, so a crash never leaves half a file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save(path: str | Path, model: ABN, meta: dict) -> None:
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint metadata lacks {', '.join(missing)}")
+    atomic_save({"format": FORMAT, "metadata": json.dumps(meta), "state_dict": model.state_dict()}, path)
+
+
+def _read(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of format {FORMAT}")
+    return obj
+
+
+def read_metadata(path: str | Path) -> dict:
+    return json.loads(_read(path)["metadata"])
+
+
+def load(path: str | Path) -> tuple[ABN, dict]:
+    """The model (in eval mode, on the CPU) and its metadata."""
+    obj = _read(path)
+    meta = json.loads(obj["metadata"])
+    model = create_model(meta["architecture"], len(meta["classes"]))
+    model.load_state_dict(obj["state_dict"])
+    return model.eval(), meta

@@ -1,0 +1,204 @@
+"""Data sets: the built-in decoy-digits and image folders with optional corrected maps.
+
+Every item is a dict: image (3 x H x W in [0, 1] at the model's input size),
+label (int), map (1 x H x W in [0, 1]; the corrected attention map, zeros when
+there is none) and has_map (bool). Normalisation is applied by the consumer, so
+that images can be mixed and drawn as they are.
+
+Image-folder format, the one users bring their images and corrections in:
+
+    images/<class>/<any path>.<any Pillow format>
+    maps/<class>/<same path>.png      optional, grayscale, white = attend
+
+A map has its image's aspect ratio at any size.
+"""
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset, random_split
+from tqdm import tqdm
+
+from finetune import decoy_digits
+from finetune.images import IMAGE_EXTENSIONS, ImageError, check_aspect, image_tensor, map_tensor, open_image, resize_map
+
+BUILTIN = ("decoy-digits",)
+# Natural images are normalised with the ImageNet statistics by convention.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class DataError(ValueError):
+    """A data set that cannot be used; the message says what to fix."""
+
+
+class TensorSet(Dataset):
+    """An in-memory set: images N x C x H x W (C = 1 or 3), labels N, maps N x 1 x H x W or None."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor | None = None):
+        self.images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        self.labels = labels
+        self.maps = maps if maps is not None else torch.zeros_like(images[:, :1])
+        self.has_map = maps is not None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": int(self.labels[i]), "map": self.maps[i], "has_map": self.has_map}
+
+
+class ImageFolder(Dataset):
+    """One sub-folder per class; an optional parallel folder of corrected maps.
+
+    Every image and map is decoded once up front, so a broken file is reported
+    before any training starts rather than in the middle of it.
+    """
+
+    def __init__(self, root: str | Path, size: tuple[int, int], maps: str | Path | None = None,
+                 classes: list[str] | None = None):
+        self.root, self.size = Path(root), size
+        self.maps_root = Path(maps) if maps is not None else None
+        if not self.root.is_dir():
+            raise DataError(f"image folder {self.root} does not exist or is not a folder")
+        if self.maps_root is not None and not self.maps_root.is_dir():
+            raise DataError(f"maps folder {self.maps_root} does not exist or is not a folder")
+        class_dirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not class_dirs:
+            stray = sorted(p.name for p in self.root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:3]
+            hint = f" (found images at the top level: {', '.join(stray)}; move them into class folders)" if stray else ""
+            raise DataError(f"image folder {self.root} has no class sub-folders; "
+                            f"expected {self.root}/<class>/<image>{hint}")
+        names = [d.name for d in class_dirs]
+        self.classes = list(classes) if classes is not None else names
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            raise DataError(f"image folder {self.root} has classes the model does not know: {', '.join(unknown)} "
+                            f"(known: {', '.join(self.classes)})")
+        self.samples: list[tuple[Path, int, Path | None]] = []
+        for d in class_dirs:
+            files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise DataError(f"class folder {d} holds no images (readable formats: "
+                                f"{', '.join(sorted(IMAGE_EXTENSIONS)[:8])}, ...)")
+            label = self.classes.index(d.name)
+            self.samples += [(p, label, self._map_path(p)) for p in files]
+        for path, _, map_path in tqdm(self.samples, desc=f"checking {self.root.name}", leave=False, unit="img"):
+            self._check(path, map_path)
+
+    def _map_path(self, image: Path) -> Path | None:
+        if self.maps_root is None:
+            return None
+        p = (self.maps_root / image.relative_to(self.root)).with_suffix(".png")
+        return p if p.is_file() else None
+
+    @staticmethod
+    def _check(path: Path, map_path: Path | None) -> None:
+        try:
+            image = open_image(path)
+            if map_path is not None:
+                check_aspect(open_image(map_path, "map").size, image.size, f"map {map_path}")
+        except ImageError as e:
+            raise DataError(str(e)) from e
+
+    @property
+    def map_count(self) -> int:
+        return sum(m is not None for _, _, m in self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        path, label, map_path = self.samples[i]
+        image = image_tensor(open_image(path), self.size)
+        if map_path is None:
+            m = torch.zeros(1, *self.size)
+        else:
+            m = resize_map(map_tensor(open_image(map_path, "map")), self.size)
+        return {"image": image, "label": label, "map": m, "has_map": map_path is not None}
+
+
+@dataclass
+class Data:
+    """What training needs: splits, class names, normalisation, and a record of the source."""
+    classes: list[str]
+    train: Dataset
+    val: Dataset
+    mean: list[float]
+    std: list[float]
+    source: dict
+    evals: dict[str, Dataset] = field(default_factory=dict)  # further evaluation sets, e.g. test
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", default="decoy-digits",
+                   help=f"a built-in set ({', '.join(BUILTIN)}) or an image folder with one sub-folder per class")
+    g.add_argument("--maps", help="folder of corrected maps parallel to an image folder (optional)")
+    g.add_argument("--val-data", help="image folder for validation; default: a share of --data")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="share of an image folder held out for validation")
+    g.add_argument("--decoy", choices=decoy_digits.DECOY_KINDS, default="glyph", help="decoy-digits: kind of decoy")
+    g.add_argument("--decoy-size", type=int, help="decoy-digits: decoy side in pixels (glyph 8, shade 4)")
+    g.add_argument("--clean", action="store_true", help="decoy-digits: the same splits without decoys")
+    g.add_argument("--data-seed", type=int, default=0, help="decoy-digits: seed of shifts and decoy placement")
+
+
+def builtin_split(args: argparse.Namespace, split: str, size: tuple[int, int]) -> TensorSet:
+    """One split of a built-in set at the model's input size."""
+    images, labels, masks = decoy_digits.build(split, args.decoy, args.decoy_size, args.clean, args.data_seed)
+    if tuple(images.shape[-2:]) != tuple(size):
+        images, masks = resize_map(images, size), resize_map(masks, size)
+    return TensorSet(images, labels, masks)
+
+
+def load(args: argparse.Namespace, size: tuple[int, int]) -> Data:
+    """The train/val (and, for built-in sets, test and decoy-only) splits named by the arguments."""
+    if args.data in BUILTIN:
+        train = builtin_split(args, "train", size)
+        mean = [float(train.images.mean())] * 3
+        std = [float(train.images.std())] * 3
+        evals = {s: builtin_split(args, s, size) for s in ("test",) + (() if args.clean else ("decoy-only",))}
+        source = {"data": args.data, "decoy": None if args.clean else args.decoy,
+                  "decoy_size": None if args.clean else (args.decoy_size or decoy_digits.DEFAULT_DECOY_SIZE[args.decoy]),
+                  "data_seed": args.data_seed, "train_samples": len(train)}
+        return Data(decoy_digits.CLASSES, train, builtin_split(args, "val", size), mean, std, source, evals)
+
+    folder = ImageFolder(args.data, size, args.maps)
+    if args.val_data:
+        train, val = folder, ImageFolder(args.val_data, size, classes=folder.classes)
+    else:
+        n_val = max(1, round(len(folder) * args.val_fraction))
+        if n_val >= len(folder):
+            raise DataError(f"image folder {args.data} has {len(folder)} images: too few to hold {n_val} out "
+                            "for validation; add images or give --val-data")
+        train, val = random_split(folder, [len(folder) - n_val, n_val], torch.Generator().manual_seed(args.data_seed))
+    source = {"data": str(Path(args.data).resolve()), "maps": str(Path(args.maps).resolve()) if args.maps else None,
+              "train_samples": len(train), "maps_count": folder.map_count}
+    return Data(folder.classes, train, val, IMAGENET_MEAN, IMAGENET_STD, source)
+
+
+def _save_gray(t: torch.Tensor, path: Path) -> None:
+    Image.fromarray((t.numpy() * 255).round().astype("uint8")).save(path)
+
+
+def export(args: argparse.Namespace, split: str, out: str | Path) -> dict:
+    """Write a built-in split as an image folder (out/images) plus its maps (out/maps)."""
+    if args.data not in BUILTIN:
+        raise DataError(f"unknown built-in set {args.data!r}; choose one of {', '.join(BUILTIN)}")
+    images, labels, masks = decoy_digits.build(split, args.decoy, args.decoy_size, args.clean, args.data_seed)
+    out = Path(out)
+    for name in decoy_digits.CLASSES:
+        (out / "images" / name).mkdir(parents=True, exist_ok=True)
+        (out / "maps" / name).mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(len(labels)), desc=f"writing {args.data}/{split}", unit="img"):
+        rel = Path(decoy_digits.CLASSES[int(labels[i])]) / f"{i:05d}.png"
+        _save_gray(images[i, 0], out / "images" / rel)
+        if masks[i].any():  # decoy-only canvases have no object to attend to
+            _save_gray(masks[i, 0], out / "maps" / rel)
+    summary = {"data": args.data, "split": split, "images": len(labels), "out": str(out)}
+    (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,79 @@
+"""Reading images and attention-map images, and bringing both to the model's sizes.
+
+An image becomes a 3 x H x W float tensor in [0, 1] at the model's input size
+(resized without cropping, so a map drawn on the original stays aligned). A map
+is a grayscale picture, white = attend, black = not; it becomes 1 x h x w in [0, 1].
+"""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+# Largest image accepted, in pixels: above it decoding alone can exhaust memory.
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+class ImageError(ValueError):
+    """An image or map that cannot be used; the message says which and why."""
+
+
+def open_image(source: bytes | str | Path, what: str = "image") -> Image.Image:
+    """Decode an image from bytes or a file, fully, or raise ImageError naming it."""
+    name = what if isinstance(source, bytes) else f"{what} {source}"
+    if isinstance(source, bytes) and not source:
+        raise ImageError(f"{name} is empty")
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if img.width * img.height > MAX_PIXELS:
+            raise ImageError(f"{name} is {img.width}x{img.height}, above the limit of {MAX_PIXELS} pixels")
+        img.load()
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name} cannot be decoded: {e}") from e
+    return img
+
+
+def image_tensor(img: Image.Image, size: tuple[int, int]) -> Tensor:
+    """RGB 3 x H x W in [0, 1] at size = (H, W)."""
+    h, w = size
+    img = img.convert("RGB")
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def map_tensor(img: Image.Image) -> Tensor:
+    """Grayscale 1 x h x w in [0, 1] at the picture's own size."""
+    return torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None]
+
+
+def check_aspect(map_size: tuple[int, int], image_size: tuple[int, int], name: str) -> None:
+    """A map (w, h) must have the image's aspect ratio, up to rounding of one pixel."""
+    (mw, mh), (iw, ih) = map_size, image_size
+    if abs(mh - mw * ih / iw) > 1 and abs(mw - mh * iw / ih) > 1:
+        raise ImageError(f"{name} is {mw}x{mh} but its image is {iw}x{ih}: "
+                         "a map must have its image's aspect ratio (any size)")
+
+
+def resize_map(m: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize maps (... x h x w) to size = (h', w'), averaging when shrinking."""
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    lead = m.shape[:-2]
+    out = F.interpolate(m.reshape(-1, 1, *m.shape[-2:]), size=size, mode="bilinear", align_corners=False,
+                        antialias=True)
+    return out.reshape(*lead, *size).clamp(0, 1)
+
+
+def normalize(x: Tensor, mean: list[float], std: list[float]) -> Tensor:
+    """Normalize a B x 3 x H x W batch in [0, 1] with per-channel mean and std."""
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t

@@ -1,0 +1,211 @@
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finetune import data, decoy_digits
+from finetune.data import DataError, ImageFolder
+
+
+def data_args(**kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    data.add_arguments(parser)
+    args = parser.parse_args([])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def corner_patches(images: torch.Tensor, size: int) -> torch.Tensor:
+    s = size
+    c = decoy_digits.CANVAS
+    return torch.stack([images[:, 0, :s, :s], images[:, 0, :s, c - s:], images[:, 0, c - s:, :s],
+                        images[:, 0, c - s:, c - s:]], 1)  # N x 4 x s x s
+
+
+def decoy_class(images: torch.Tensor) -> torch.Tensor:
+    """The class whose glyph sits in one of the corners of each image (-1 if none)."""
+    glyphs = torch.from_numpy(decoy_digits.glyphs(8))
+    patches = corner_patches(images, 8)
+    match = (patches[:, :, None] == glyphs[None, None]).flatten(3).all(3)  # N x 4 x 10
+    found = match.any(1)
+    return torch.where(found.any(1), found.float().argmax(1), torch.tensor(-1))
+
+
+def test_split_sizes_and_reproducibility():
+    sizes = {s: len(decoy_digits.build(s)[1]) for s in decoy_digits.SPLITS}
+    assert sizes == {"train": 1077, "val": 180, "test": 540, "decoy-only": 540}
+    a, b = decoy_digits.build("train"), decoy_digits.build("train")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    c = decoy_digits.build("train", seed=1)
+    assert not torch.equal(a[0], c[0])
+    train_ids = set(map(tuple, decoy_digits.build("train", clean=True)[0].flatten(1).numpy().round(3).tolist()))
+    test_ids = set(map(tuple, decoy_digits.build("test", clean=True)[0].flatten(1).numpy().round(3).tolist()))
+    assert len(train_ids & test_ids) < 5  # disjoint but for the odd duplicate digit in the source
+
+
+def test_glyph_decoy_tied_to_class_in_train_and_random_in_test():
+    images, labels, masks = decoy_digits.build("train")
+    assert images.shape == (1077, 1, 32, 32) and masks.shape == images.shape
+    assert torch.equal(decoy_class(images), labels)
+    test_images, test_labels, _ = decoy_digits.build("test")
+    found = decoy_class(test_images)
+    assert (found >= 0).all()
+    agreement = (found == test_labels).float().mean()
+    assert agreement < 0.25  # random classes agree about one time in ten
+
+
+def test_glyphs_are_distinct_binary_patterns():
+    g = decoy_digits.glyphs(8)
+    assert g.shape == (10, 8, 8) and set(np.unique(g)) == {0.0, 1.0}
+    flat = g.reshape(10, -1)
+    hamming = (flat[:, None] != flat[None]).sum(-1)
+    assert hamming[~np.eye(10, dtype=bool)].min() >= 16
+
+
+def test_masks_cover_the_digit_and_not_the_decoy():
+    images, _, masks = decoy_digits.build("train")
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    assert (masks.flatten(1).sum(1) > 20).all()
+    patches = corner_patches(masks, 8)
+    glyph_corner = corner_patches(images, 8)
+    glyphs = torch.from_numpy(decoy_digits.glyphs(8))
+    is_decoy = (glyph_corner[:, :, None] == glyphs[None, None]).flatten(3).all(3).any(2)  # N x 4
+    assert (patches[is_decoy] == 0).all()
+    # the mask marks bright pixels: the digit is where the mask is
+    assert images[masks.bool()].mean() > 0.5
+
+
+def test_clean_and_decoy_only():
+    clean, labels, _ = decoy_digits.build("test", clean=True)
+    assert (decoy_class(clean) == -1).all()
+    only, only_labels, only_masks = decoy_digits.build("decoy-only")
+    assert torch.equal(only_labels, labels)
+    assert torch.equal(decoy_class(only), only_labels)
+    assert int((only > 0).flatten(1).sum(1).max()) <= 64  # nothing but the 8x8 decoy
+    assert only_masks.sum() == 0
+
+
+def test_shade_decoy_and_size():
+    images, labels, _ = decoy_digits.build("train", decoy="shade")
+    patches = corner_patches(images, 4).flatten(2)
+    shade = torch.tensor([(255 - 25 * int(y)) / 255 for y in labels])
+    uniform = (patches == patches[:, :, :1]).all(2)
+    hit = uniform & ((patches[:, :, 0] - shade[:, None]).abs() < 1 / 255)
+    assert hit.any(1).all()
+    big, _, _ = decoy_digits.build("train", decoy="glyph", decoy_size=12)
+    assert not torch.equal(big, decoy_digits.build("train")[0])
+    with pytest.raises(ValueError, match="decoy size must be between 1 and 16"):
+        decoy_digits.build("train", decoy_size=20)
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        decoy_digits.build("dev")
+
+
+def test_export_reads_back_identical(tmp_path):
+    args = data_args()
+    summary = data.export(args, "val", tmp_path)
+    assert summary["images"] == 180
+    folder = ImageFolder(tmp_path / "images", (32, 32), tmp_path / "maps")
+    assert folder.classes == decoy_digits.CLASSES and len(folder) == 180 and folder.map_count == 180
+    reference = data.builtin_split(args, "val", (32, 32))
+    by_label = {}
+    for i in range(len(reference)):
+        by_label.setdefault(reference[i]["label"], []).append(i)
+    # files are written in split order, so class folder order follows it
+    seen = {}
+    for j in range(len(folder)):
+        item = folder[j]
+        i = by_label[item["label"]][seen.get(item["label"], 0)]
+        seen[item["label"]] = seen.get(item["label"], 0) + 1
+        assert torch.equal(item["image"], reference[i]["image"])
+        assert torch.equal(item["map"], reference[i]["map"])
+        assert item["has_map"]
+
+
+def write_image(path, size=(20, 10), mode="RGB", value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+
+
+def test_image_folder_with_partial_maps_of_other_sizes(tmp_path):
+    write_image(tmp_path / "img/cat/a.jpg", (40, 20))
+    write_image(tmp_path / "img/cat/sub/b.png", (40, 20))
+    write_image(tmp_path / "img/dog/c.bmp", (40, 20))
+    (tmp_path / "img/dog/notes.txt").write_text("ignored")
+    m = np.zeros((10, 20), dtype=np.uint8)
+    m[:, 10:] = 255  # right half attended
+    (tmp_path / "maps/cat").mkdir(parents=True)
+    Image.fromarray(m).save(tmp_path / "maps/cat/a.png")  # half the image's size
+    folder = ImageFolder(tmp_path / "img", (16, 16), tmp_path / "maps")
+    assert folder.classes == ["cat", "dog"] and len(folder) == 3 and folder.map_count == 1
+    item = folder[0]
+    assert item["image"].shape == (3, 16, 16) and item["has_map"]
+    assert item["map"].shape == (1, 16, 16)
+    assert item["map"][0, :, :7].max() < 0.1 and item["map"][0, :, 9:].min() > 0.9
+    assert not folder[2]["has_map"] and folder[2]["map"].sum() == 0
+
+
+def test_empty_or_malformed_folders(tmp_path):
+    with pytest.raises(DataError, match="does not exist or is not a folder"):
+        ImageFolder(tmp_path / "nope", (32, 32))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="has no class sub-folders"):
+        ImageFolder(tmp_path / "empty", (32, 32))
+    write_image(tmp_path / "flat/a.png")
+    with pytest.raises(DataError, match="found images at the top level: a.png; move them into class folders"):
+        ImageFolder(tmp_path / "flat", (32, 32))
+    write_image(tmp_path / "one/cat/a.png")
+    (tmp_path / "one/dog").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*/one/dog holds no images"):
+        ImageFolder(tmp_path / "one", (32, 32))
+    with pytest.raises(DataError, match="classes the model does not know: cat"):
+        ImageFolder(tmp_path / "flat/../one", (32, 32), classes=["bird", "dog"])
+
+
+def test_unreadable_image_or_map(tmp_path):
+    write_image(tmp_path / "img/cat/a.png")
+    (tmp_path / "img/cat/b.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(DataError, match=r"image .*/cat/b.jpg cannot be decoded"):
+        ImageFolder(tmp_path / "img", (32, 32))
+    (tmp_path / "img/cat/b.jpg").unlink()
+    png = (tmp_path / "img/cat/a.png").read_bytes()
+    (tmp_path / "img/cat/c.png").write_bytes(png[: len(png) // 2])  # truncated
+    with pytest.raises(DataError, match=r"image .*/cat/c.png cannot be decoded"):
+        ImageFolder(tmp_path / "img", (32, 32))
+    (tmp_path / "img/cat/c.png").unlink()
+    (tmp_path / "maps/cat").mkdir(parents=True)
+    (tmp_path / "maps/cat/a.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"map .*/maps/cat/a.png cannot be decoded"):
+        ImageFolder(tmp_path / "img", (32, 32), tmp_path / "maps")
+
+
+def test_map_with_another_aspect_ratio(tmp_path):
+    write_image(tmp_path / "img/cat/a.png", (20, 10))
+    write_image(tmp_path / "maps/cat/a.png", (10, 10), mode="L")
+    with pytest.raises(DataError, match=r"map .*/maps/cat/a.png is 10x10 but its image is 20x10: "
+                                        "a map must have its image's aspect ratio"):
+        ImageFolder(tmp_path / "img", (32, 32), tmp_path / "maps")
+    write_image(tmp_path / "maps/cat/a.png", (7, 3), mode="L")  # 7x3.5 rounded: accepted
+    assert ImageFolder(tmp_path / "img", (32, 32), tmp_path / "maps").map_count == 1
+
+
+def test_load_splits_an_image_folder_for_validation(tmp_path):
+    for i in range(10):
+        write_image(tmp_path / f"img/{'ab'[i % 2]}/{i}.png", value=i * 20)
+    d = data.load(data_args(data=str(tmp_path / "img"), val_fraction=0.2), (32, 32))
+    assert len(d.train) == 8 and len(d.val) == 2 and d.classes == ["a", "b"]
+    assert d.mean == data.IMAGENET_MEAN and d.evals == {}
+    with pytest.raises(DataError, match="too few to hold"):
+        data.load(data_args(data=str(tmp_path / "img"), val_fraction=1.0), (32, 32))
+
+
+def test_builtin_load_has_test_and_decoy_only():
+    d = data.load(data_args(), (32, 32))
+    assert sorted(d.evals) == ["decoy-only", "test"]
+    assert d.source["decoy"] == "glyph" and d.source["decoy_size"] == 8
+    clean = data.load(data_args(clean=True), (32, 32))
+    assert sorted(clean.evals) == ["test"] and clean.source["decoy"] is None
+    big = data.load(data_args(), (64, 64))
+    assert big.train[0]["image"].shape == (3, 64, 64) and big.train[0]["map"].shape == (1, 64, 64)
