@@ -32,6 +32,12 @@ def metadata(model: ABN, architecture: str, classes: list[str], input_size: tupl
     }
 
 
+def next_version(meta: dict, trained_on: dict) -> dict:
+    """The metadata of a model derived from the one described by meta."""
+    return {**meta, "version": meta["version"] + 1, "parent_version": meta["version"], "trained_on": trained_on,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
 def atomic_save(obj: object, path: str | Path) -> None:
     """torch.save through a temporary file, so a crash never leaves half a file behind."""
     path = Path(path)

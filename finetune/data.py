@@ -37,19 +37,22 @@ class DataError(ValueError):
 
 
 class TensorSet(Dataset):
-    """An in-memory set: images N x C x H x W (C = 1 or 3), labels N, maps N x 1 x H x W or None."""
+    """An in-memory set: images N x C x H x W (C = 1 or 3), labels N, maps N x 1 x H x W or None,
+    has_map N (default: every item has a map when maps are given)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor | None = None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor | None = None,
+                 has_map: torch.Tensor | None = None):
         self.images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         self.labels = labels
         self.maps = maps if maps is not None else torch.zeros_like(images[:, :1])
-        self.has_map = maps is not None
+        self.has_map = has_map if has_map is not None else torch.full((len(labels),), maps is not None)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": int(self.labels[i]), "map": self.maps[i], "has_map": self.has_map}
+        return {"image": self.images[i], "label": int(self.labels[i]), "map": self.maps[i],
+                "has_map": bool(self.has_map[i])}
 
 
 class ImageFolder(Dataset):
@@ -87,8 +90,20 @@ class ImageFolder(Dataset):
                                 f"{', '.join(sorted(IMAGE_EXTENSIONS)[:8])}, ...)")
             label = self.classes.index(d.name)
             self.samples += [(p, label, self._map_path(p)) for p in files]
+        if self.maps_root is not None:
+            self._check_strays()
         for path, _, map_path in tqdm(self.samples, desc=f"checking {self.root.name}", leave=False, unit="img"):
             self._check(path, map_path)
+
+    def _check_strays(self) -> None:
+        """A map that matches no image is a naming mistake that would silently drop a correction."""
+        matched = {m for _, _, m in self.samples if m is not None}
+        strays = sorted(p for p in self.maps_root.rglob("*.png") if p not in matched)
+        if strays:
+            rel = strays[0].relative_to(self.maps_root)
+            raise DataError(f"maps folder {self.maps_root} has {len(strays)} map(s) that match no image in "
+                            f"{self.root}, e.g. {rel} (expected an image {self.root}/{rel.with_suffix('')}.<ext>); "
+                            "a map goes at its image's relative path, with the extension .png")
 
     def _map_path(self, image: Path) -> Path | None:
         if self.maps_root is None:
@@ -149,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def builtin_split(args: argparse.Namespace, split: str, size: tuple[int, int]) -> TensorSet:
     """One split of a built-in set at the model's input size."""
-    images, labels, masks = decoy_digits.build(split, args.decoy, args.decoy_size, args.clean, args.data_seed)
+    images, labels, masks, _ = decoy_digits.build(split, args.decoy, args.decoy_size, args.clean, args.data_seed)
     if tuple(images.shape[-2:]) != tuple(size):
         images, masks = resize_map(images, size), resize_map(masks, size)
     return TensorSet(images, labels, masks)
@@ -189,7 +204,7 @@ def export(args: argparse.Namespace, split: str, out: str | Path) -> dict:
     """Write a built-in split as an image folder (out/images) plus its maps (out/maps)."""
     if args.data not in BUILTIN:
         raise DataError(f"unknown built-in set {args.data!r}; choose one of {', '.join(BUILTIN)}")
-    images, labels, masks = decoy_digits.build(split, args.decoy, args.decoy_size, args.clean, args.data_seed)
+    images, labels, masks, _ = decoy_digits.build(split, args.decoy, args.decoy_size, args.clean, args.data_seed)
     out = Path(out)
     for name in decoy_digits.CLASSES:
         (out / "images" / name).mkdir(parents=True, exist_ok=True)

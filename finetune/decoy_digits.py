@@ -14,6 +14,8 @@ digits. Every sample carries its object mask (the digit's pixels, zero under the
 decoy), which stands in for an expert's corrected map.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,13 @@ GLYPH_SEED = 1797
 INK = 0.2  # a digit pixel brighter than this belongs to the object mask
 
 CLASSES = [str(d) for d in range(10)]
+
+
+class Split(NamedTuple):
+    images: torch.Tensor  # N x 1 x 32 x 32, 8-bit levels in [0, 1]
+    labels: torch.Tensor  # N
+    masks: torch.Tensor  # N x 1 x 32 x 32, the digit's pixels (the object)
+    decoys: torch.Tensor  # N x 1 x 32 x 32, the decoy's square
 
 
 def glyphs(size: int = 8) -> np.ndarray:
@@ -56,8 +65,7 @@ def _split_indices(n: int) -> dict[str, np.ndarray]:
 
 
 def build(split: str, decoy: str = "glyph", decoy_size: int | None = None, clean: bool = False,
-          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """images (N x 1 x 32 x 32, 8-bit levels in [0, 1]), labels (N), object masks (N x 1 x 32 x 32)."""
+          seed: int = 0) -> Split:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if decoy not in DECOY_KINDS:
@@ -79,6 +87,7 @@ def build(split: str, decoy: str = "glyph", decoy_size: int | None = None, clean
 
     images = np.zeros((n, 1, CANVAS, CANVAS), dtype=np.float32)
     masks = np.zeros_like(images)
+    decoys = np.zeros_like(images)
     offset = (CANVAS - DIGIT) // 2
     for i in range(n):
         if split != "decoy-only":
@@ -92,6 +101,7 @@ def build(split: str, decoy: str = "glyph", decoy_size: int | None = None, clean
         c = 0 if corners[i] % 2 == 0 else CANVAS - size
         images[i, 0, r:r + size, c:c + size] = _decoy(decoy, decoy_class, size)
         masks[i, 0, r:r + size, c:c + size] = 0
+        decoys[i, 0, r:r + size, c:c + size] = 1
     # 8-bit levels, so that the set written out as PNG reads back identical.
     images = np.round(images * 255) / 255
-    return torch.from_numpy(images), torch.from_numpy(labels), torch.from_numpy(masks)
+    return Split(*(torch.from_numpy(a) for a in (images, labels, masks, decoys)))

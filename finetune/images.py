@@ -35,7 +35,9 @@ def open_image(source: bytes | str | Path, what: str = "image") -> Image.Image:
         img.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name} cannot be decoded: not in an image format Pillow reads") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name} cannot be decoded: {e}") from e
     return img
 
@@ -63,12 +65,15 @@ def check_aspect(map_size: tuple[int, int], image_size: tuple[int, int], name: s
 
 
 def resize_map(m: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resize maps (... x h x w) to size = (h', w'), averaging when shrinking."""
+    """Resize maps (... x h x w) to size = (h', w'): area average when shrinking, bilinear otherwise."""
     if tuple(m.shape[-2:]) == tuple(size):
         return m
     lead = m.shape[:-2]
-    out = F.interpolate(m.reshape(-1, 1, *m.shape[-2:]), size=size, mode="bilinear", align_corners=False,
-                        antialias=True)
+    flat = m.reshape(-1, 1, *m.shape[-2:])
+    if size[0] <= m.shape[-2] and size[1] <= m.shape[-1]:
+        out = F.interpolate(flat, size=size, mode="area")
+    else:
+        out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=True)
     return out.reshape(*lead, *size).clamp(0, 1)
 
 

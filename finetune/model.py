@@ -71,11 +71,16 @@ class ABN(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor, attention: Tensor | None = None) -> ABNOutput:
-        """Classify x. A given attention map (B or 1 x 1 x h x w) replaces the model's own."""
+    def forward(self, x: Tensor, attention: Tensor | None = None, supplied: Tensor | None = None) -> ABNOutput:
+        """Classify x. A given attention map (B or 1 x 1 x h x w) replaces the model's own: for every
+        sample, or for those where supplied (B, bool) is true."""
         g = self.features(x)
         attention_logits, own = self.attention_branch(g)
-        m = own if attention is None else _check_map(attention, own)
+        m = own
+        if attention is not None:
+            m = _check_map(attention, own)
+            if supplied is not None:
+                m = torch.where(supplied.view(-1, 1, 1, 1), m, own)
         p = self.perception(g * (1 + m))
         logits = self.fc(torch.flatten(p.mean(dim=(2, 3), keepdim=True), 1))
         return ABNOutput(logits, attention_logits, m.expand_as(own))

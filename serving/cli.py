@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from finetune import checkpoint, data, decoy_digits, train
+from finetune import checkpoint, data, decoy_digits, knowledge, train
 from finetune.data import DataError
 from finetune.evaluate import evaluate
 
@@ -22,6 +22,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         dataset = data.ImageFolder(args.data, size, args.maps, classes=meta["classes"])
     result = evaluate(model, dataset, meta["mean"], meta["std"])
     print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "split": args.split, **result}, indent=2))
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    knowledge.run(args)
 
 
 def _cmd_up(args: argparse.Namespace) -> None:
@@ -54,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_arguments(p)
     p.add_argument("--split", choices=decoy_digits.SPLITS, default="test", help="split of a built-in set")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on corrected attention maps",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    knowledge.add_command_arguments(p)
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("up", help="the main job on embedded defaults: train the demo model")
     p.add_argument("--out", default="runs/demo", help="folder of the demo model")

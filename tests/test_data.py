@@ -47,10 +47,10 @@ def test_split_sizes_and_reproducibility():
 
 
 def test_glyph_decoy_tied_to_class_in_train_and_random_in_test():
-    images, labels, masks = decoy_digits.build("train")
+    images, labels, masks, _ = decoy_digits.build("train")
     assert images.shape == (1077, 1, 32, 32) and masks.shape == images.shape
     assert torch.equal(decoy_class(images), labels)
-    test_images, test_labels, _ = decoy_digits.build("test")
+    test_images, test_labels = decoy_digits.build("test")[:2]
     found = decoy_class(test_images)
     assert (found >= 0).all()
     agreement = (found == test_labels).float().mean()
@@ -66,22 +66,22 @@ def test_glyphs_are_distinct_binary_patterns():
 
 
 def test_masks_cover_the_digit_and_not_the_decoy():
-    images, _, masks = decoy_digits.build("train")
+    images, _, masks, decoys = decoy_digits.build("train")
     assert set(masks.unique().tolist()) == {0.0, 1.0}
     assert (masks.flatten(1).sum(1) > 20).all()
-    patches = corner_patches(masks, 8)
-    glyph_corner = corner_patches(images, 8)
+    assert (decoys.flatten(1).sum(1) == 64).all()
+    assert (masks * decoys).sum() == 0
+    patches = corner_patches(images * decoys, 8)
     glyphs = torch.from_numpy(decoy_digits.glyphs(8))
-    is_decoy = (glyph_corner[:, :, None] == glyphs[None, None]).flatten(3).all(3).any(2)  # N x 4
-    assert (patches[is_decoy] == 0).all()
+    assert (patches[:, :, None] == glyphs[None, None]).flatten(3).all(3).any(2).any(1).all()
     # the mask marks bright pixels: the digit is where the mask is
     assert images[masks.bool()].mean() > 0.5
 
 
 def test_clean_and_decoy_only():
-    clean, labels, _ = decoy_digits.build("test", clean=True)
-    assert (decoy_class(clean) == -1).all()
-    only, only_labels, only_masks = decoy_digits.build("decoy-only")
+    clean, labels, _, clean_decoys = decoy_digits.build("test", clean=True)
+    assert (decoy_class(clean) == -1).all() and clean_decoys.sum() == 0
+    only, only_labels, only_masks, _ = decoy_digits.build("decoy-only")
     assert torch.equal(only_labels, labels)
     assert torch.equal(decoy_class(only), only_labels)
     assert int((only > 0).flatten(1).sum(1).max()) <= 64  # nothing but the 8x8 decoy
@@ -89,14 +89,14 @@ def test_clean_and_decoy_only():
 
 
 def test_shade_decoy_and_size():
-    images, labels, _ = decoy_digits.build("train", decoy="shade")
+    images, labels = decoy_digits.build("train", decoy="shade")[:2]
     patches = corner_patches(images, 4).flatten(2)
     shade = torch.tensor([(255 - 25 * int(y)) / 255 for y in labels])
     uniform = (patches == patches[:, :, :1]).all(2)
     hit = uniform & ((patches[:, :, 0] - shade[:, None]).abs() < 1 / 255)
     assert hit.any(1).all()
-    big, _, _ = decoy_digits.build("train", decoy="glyph", decoy_size=12)
-    assert not torch.equal(big, decoy_digits.build("train")[0])
+    big = decoy_digits.build("train", decoy="glyph", decoy_size=12).images
+    assert not torch.equal(big, decoy_digits.build("train").images)
     with pytest.raises(ValueError, match="decoy size must be between 1 and 16"):
         decoy_digits.build("train", decoy_size=20)
     with pytest.raises(ValueError, match="unknown split 'dev'"):

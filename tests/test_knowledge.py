@@ -1,0 +1,187 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finetune import checkpoint, expert
+from finetune.data import TensorSet
+from finetune.evaluate import evaluate
+from finetune.knowledge import TuneConfig, counterexamples, fine_tune, map_loss
+from finetune.model import create_model
+from serving import cli
+
+MEAN, STD = [0.5] * 3, [0.25] * 3
+
+
+def tiny_set(n=32, seed=0):
+    """Bright square on the left = class 0, on the right = class 1; the edit marks the square."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, 32, 32, generator=g) * 0.2
+    labels = torch.arange(n) % 2
+    maps = torch.zeros(n, 1, 32, 32)
+    for i in range(n):
+        c = 4 if labels[i] == 0 else 20
+        images[i, :, 12:20, c:c + 8] = 1.0
+        maps[i, 0, 12:20, c:c + 8] = 1.0
+    return TensorSet(images, labels, maps)
+
+
+def test_map_loss_is_zero_when_the_map_equals_the_edit():
+    m = torch.rand(4, 1, 16, 16)
+    has = torch.tensor([True, False, True, True])
+    assert map_loss(m, m, has) == 0
+    at_image_size = m.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+    assert map_loss(m, at_image_size, has) < 1e-5  # edits at image size are resized to the map's
+    assert map_loss(m, torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.bool)) == 0
+    other = torch.zeros(4, 1, 16, 16)
+    expected = m[has].flatten(1).norm(dim=1).mean()
+    assert torch.isclose(map_loss(m, other, has), expected)
+
+
+def test_map_loss_gradient_reaches_only_the_attention_branch():
+    torch.manual_seed(0)
+    model = create_model("abn_small", 10)
+    out = model(torch.randn(4, 3, 32, 32))
+    map_loss(out.attention, torch.zeros(4, 1, 32, 32), torch.ones(4, dtype=torch.bool)).backward()
+    touched = {name.split(".")[0] for name, p in model.named_parameters()
+               if p.grad is not None and p.grad.abs().sum() > 0}
+    # the map is computed by the attention branch from the features; the perception branch never sees L_map
+    assert "attention_branch" in touched and "perception" not in touched and "fc" not in touched
+
+
+def test_frozen_features_stay_bit_identical_and_branches_learn():
+    torch.manual_seed(0)
+    model = create_model("abn_small", 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fine_tune(model, tiny_set(), MEAN, STD, TuneConfig(epochs=2, batch_size=8), progress=False)
+    after = model.state_dict()
+    for k in before:
+        if k.startswith("features."):
+            assert torch.equal(before[k], after[k]), k  # weights and BatchNorm statistics
+    changed = [k for k in before if not k.startswith("features.") and not torch.equal(before[k], after[k])]
+    assert any(k.startswith("attention_branch.") for k in changed)
+    assert any(k.startswith("perception.") for k in changed) and "fc.weight" in changed
+
+
+def test_unfrozen_features_learn():
+    torch.manual_seed(0)
+    model = create_model("abn_small", 2)
+    before = model.features[0].weight.clone()
+    fine_tune(model, tiny_set(), MEAN, STD, TuneConfig(epochs=1, batch_size=8, freeze_features=False),
+              progress=False)
+    assert not torch.equal(before, model.features[0].weight)
+
+
+def test_counterexamples_keep_every_relevant_pixel():
+    images = torch.rand(6, 3, 8, 8)
+    maps = (torch.rand(6, 1, 8, 8) > 0.5).float() * torch.rand(6, 1, 8, 8)
+    has = torch.tensor([True, False, True, True, False, True])
+    made, index = counterexamples(images, maps, has, torch.Generator().manual_seed(0))
+    assert index.tolist() == [0, 2, 3, 5] and made.shape == (4, 3, 8, 8)
+    keep = (maps[index] >= 0.5).expand(-1, 3, -1, -1)
+    assert torch.equal(made[keep], images[index][keep])
+    # every other pixel comes from one other image of the batch
+    for j, i in enumerate(index.tolist()):
+        drop = ~keep[j]
+        sources = [k for k in range(6) if k != i and torch.equal(made[j][drop], images[k][drop])]
+        assert sources, f"counterexample of {i} is not filled from another image"
+    many, index = counterexamples(images, maps, has, torch.Generator().manual_seed(0), copies=5)
+    assert len(many) == 6 and set(index.tolist()) <= {0, 2, 3, 5}  # 20 asked for, a batch's worth made
+    keep = (maps[index] >= 0.5).expand(-1, 3, -1, -1)
+    assert torch.equal(many[keep], images[index][keep])
+    none, idx = counterexamples(images, maps, torch.zeros(6, dtype=torch.bool), torch.Generator())
+    assert len(none) == 0 and len(idx) == 0
+
+
+def test_short_fine_tune_moves_the_map_toward_the_edits():
+    torch.manual_seed(0)
+    model = create_model("abn_small", 2)
+    data = tiny_set(64)
+    before = evaluate(model, data, MEAN, STD)
+    fine_tune(model, data, MEAN, STD, TuneConfig(epochs=5, batch_size=16, lr=0.05, freeze_features=False),
+              progress=False)
+    after = evaluate(model, data, MEAN, STD)
+    assert after["map_share"] > before["map_share"] + 0.1
+    assert after["map_iou"] > before["map_iou"]
+
+
+def test_expert_traces_the_object_and_erases_attention_elsewhere():
+    mask = np.zeros((32, 32), bool)
+    mask[10:22, 14:18] = True  # a stroke of a digit
+    before = np.full((32, 32), 0.1, np.float32)
+    before[0:6, 0:6] = 0.9  # attention on a decoy in the corner
+    edited = expert.correct(mask, before, brush=2)
+    assert (edited[mask] == 1).all()
+    assert edited[0:6, 0:6].max() == 0
+    assert edited[28:, 28:].min() == pytest.approx(0.1)  # untouched where nothing was wrong
+    spill = edited[~mask] == 1
+    assert 0 < spill.sum() < 4 * mask.sum()  # a round brush spills a little over the edge
+    blank = expert.correct(mask, None, brush=1)
+    assert (blank[mask] == 1).all() and blank[~mask].max() <= 1
+
+
+def test_expert_sloppiness():
+    mask = np.zeros((64, 64), bool)
+    mask[8:56, 20:28] = True
+    careful = expert.correct(mask, None, brush=2)
+    missed = expert.correct(mask, None, brush=2, miss=0.5, seed=1)
+    assert (missed[mask] == 1).mean() < 0.95 and (careful[mask] == 1).all()
+    wobbly = expert.correct(mask, None, brush=2, jitter=3.0, seed=1)
+    assert not np.array_equal(wobbly, careful)
+    with pytest.raises(ValueError, match="brush radius must be at least 1"):
+        expert.correct(mask, None, brush=0)
+
+
+def save_folder(root, data, maps=True):
+    for i in range(len(data)):
+        item = data[i]
+        name = f"{'ab'[item['label']]}/{i:03d}.png"
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        img = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(img).save(root / "images" / name)
+        if maps and i % 2 == 0:
+            (root / "maps" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((item["map"][0].numpy() * 255).astype("uint8")).save(root / "maps" / name)
+
+
+@pytest.fixture
+def parent(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("abn_small", 2)
+    meta = checkpoint.metadata(model, "abn_small", ["a", "b"], (32, 32), MEAN, STD, {"data": "tiny"})
+    checkpoint.save(tmp_path / "parent.pt", model, meta)
+    return tmp_path / "parent.pt"
+
+
+def test_finetune_command_writes_a_new_version_and_a_report(tmp_path, parent, capsys):
+    save_folder(tmp_path, tiny_set(16))
+    out = tmp_path / "tuned"
+    code = cli.main(["finetune", str(parent), "--data", str(tmp_path / "images"), "--maps", str(tmp_path / "maps"),
+                     "--out", str(out), "--epochs", "2", "--batch-size", "8"])
+    assert code == 0, capsys.readouterr().err
+    meta = checkpoint.read_metadata(out / "checkpoint.pt")
+    assert meta["version"] == 2 and meta["parent_version"] == 1
+    assert meta["trained_on"]["parent"] == {"data": "tiny"}
+    assert meta["trained_on"]["finetuned_on"]["edited"] == 8 and meta["trained_on"]["finetuned_on"]["images"] == 16
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["history"]) == 2 and report["before"]["mapped_samples"] == 8
+    assert {"map_share", "map_iou", "accuracy"} <= set(report["after"])
+    assert (out / "report.png").stat().st_size > 0
+
+
+def test_finetune_command_rejects_maps_that_do_not_match(tmp_path, parent, capsys):
+    save_folder(tmp_path, tiny_set(8))
+    args = ["finetune", str(parent), "--data", str(tmp_path / "images"), "--out", str(tmp_path / "o")]
+    (tmp_path / "maps/a/typo.png").write_bytes((tmp_path / "maps/a/000.png").read_bytes())
+    assert cli.main(args + ["--maps", str(tmp_path / "maps")]) == 2
+    err = capsys.readouterr().err
+    assert "1 map(s) that match no image" in err and "a/typo.png" in err
+    (tmp_path / "empty_maps").mkdir()
+    assert cli.main(args + ["--maps", str(tmp_path / "empty_maps")]) == 2
+    assert "no image in" in capsys.readouterr().err
+    Image.new("L", (10, 20)).save(tmp_path / "maps/a/000.png")  # wrong aspect ratio
+    (tmp_path / "maps/a/typo.png").unlink()
+    assert cli.main(args + ["--maps", str(tmp_path / "maps")]) == 2
+    assert "aspect ratio" in capsys.readouterr().err
