@@ -2,11 +2,18 @@
 
 import argparse
 import json
+import signal
 import sys
+from pathlib import Path
+
+from PIL import Image
 
 from finetune import checkpoint, data, decoy_digits, knowledge, train
 from finetune.data import DataError
 from finetune.evaluate import evaluate
+from serving import feedback_server, package
+from serving.feedback_store import export_folder, open_store
+from serving.torchserve import ServeConfig, TorchServe
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -28,11 +35,73 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     knowledge.run(args)
 
 
+def _cmd_package(args: argparse.Namespace) -> None:
+    path = package.build(args.checkpoint, args.model_store, args.backend, args.name, args.batch_size,
+                         args.max_batch_delay, args.workers, args.threads)
+    print(f"wrote {path}")
+
+
+def _serve_config(args: argparse.Namespace, models: dict[str, str]) -> ServeConfig:
+    return ServeConfig(workdir=Path(args.workdir), model_store=Path(args.model_store), models=models,
+                       host=args.host, grpc_inference_port=args.port, grpc_management_port=args.management_port)
+
+
+def _serve_until_stopped(cfg: ServeConfig) -> None:
+    with TorchServe(cfg):
+        print(f"TorchServe answers gRPC on {cfg.inference_target} (inference) and {cfg.management_target} "
+              f"(management); tokens in {cfg.key_file}; logs in {cfg.workdir / 'logs'}")
+        name = next(iter(cfg.models), "abn")
+        print("Try it:\n"
+              f"  .venv/bin/python -c \"from serving.client import Client; "
+              f"c = Client('{cfg.inference_target}', '{cfg.key_file}', model='{name}'); "
+              f"print(c.predict(open('runs/sample.png', 'rb').read(), top_k=3))\"")
+        print("Ctrl-C stops it.", flush=True)
+        stop = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # so that either ends the wait, and TorchServe with it
+        signal.sigwait(stop)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    models = dict(m.split("=", 1) for m in args.models)
+    _serve_until_stopped(_serve_config(args, models))
+
+
 def _cmd_up(args: argparse.Namespace) -> None:
-    """The main job, on embedded defaults: train the demo model on decoy-digits unless it is trained."""
-    demo = train.default_args(out=args.out, resume=True)
-    train.train(demo)
-    print(f"demo model ready: {args.out}/checkpoint.pt (see {args.out}/attention.png for its attention maps)")
+    """The main job, on embedded defaults: train the demo model unless it is trained, archive it, serve it."""
+    train.train(train.default_args(out=args.out, resume=True))
+    ckpt = Path(args.out) / "checkpoint.pt"
+    meta = checkpoint.read_metadata(ckpt)
+    mar = Path(args.model_store) / package.archive_name(meta["name"], meta["version"])
+    if not mar.exists() or mar.stat().st_mtime < ckpt.stat().st_mtime:
+        package.build(ckpt, args.model_store)
+    sample = decoy_digits.build("test").images[0, 0]
+    Image.fromarray((sample.numpy() * 255).round().astype("uint8")).save("runs/sample.png")
+    _serve_until_stopped(_serve_config(args, {meta["name"]: mar.name}))
+
+
+def _cmd_feedback_serve(args: argparse.Namespace) -> None:
+    feedback_server.run(args)
+
+
+def _cmd_feedback_stats(args: argparse.Namespace) -> None:
+    store = open_store(args.store)
+    print(json.dumps(store.stats(args.model), indent=2))
+    store.close()
+
+
+def _cmd_feedback_export(args: argparse.Namespace) -> None:
+    store = open_store(args.store)
+    consumed = {"pending": False, "consumed": True, "all": None}[args.state]
+    print(json.dumps(export_folder(store, args.out, consumed, args.model), indent=2))
+    store.close()
+
+
+def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-store", default="runs/model_store", help="folder of .mar archives")
+    p.add_argument("--workdir", default="runs/serve", help="TorchServe's config, logs and key_file.json")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=7070, help="gRPC inference port")
+    p.add_argument("--management-port", type=int, default=7071, help="gRPC management port")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -64,8 +133,39 @@ def build_parser() -> argparse.ArgumentParser:
     knowledge.add_command_arguments(p)
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("up", help="the main job on embedded defaults: train the demo model")
+    p = sub.add_parser("package", help="build a TorchServe archive (.mar) from a checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    package.add_arguments(p)
+    p.set_defaults(func=_cmd_package)
+
+    p = sub.add_parser("serve", help="run TorchServe with archives from the model store",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_serve_arguments(p)
+    p.add_argument("--models", nargs="+", default=["abn=abn.v1.mar"], help="NAME=ARCHIVE pairs to load")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("feedback", help="the feedback service and its store")
+    fsub = p.add_subparsers(dest="feedback_command", required=True, metavar="command")
+    fp = fsub.add_parser("serve", help="run the feedback service", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    feedback_server.add_arguments(fp)
+    fp.set_defaults(func=_cmd_feedback_serve)
+    fp = fsub.add_parser("stats", help="counts of stored corrections by state, label and model version",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fp.add_argument("--store", default="runs/feedback.db")
+    fp.add_argument("--model", default="", help="only this model")
+    fp.set_defaults(func=_cmd_feedback_stats)
+    fp = fsub.add_parser("export", help="write corrections as an image folder plus a maps folder",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fp.add_argument("--store", default="runs/feedback.db")
+    fp.add_argument("--out", required=True)
+    fp.add_argument("--state", choices=("pending", "consumed", "all"), default="all")
+    fp.add_argument("--model", default="", help="only this model")
+    fp.set_defaults(func=_cmd_feedback_export)
+
+    p = sub.add_parser("up", help="the main job on embedded defaults: train the demo model, archive it, serve it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="folder of the demo model")
+    _add_serve_arguments(p)
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("info", help="print a checkpoint's metadata")
@@ -85,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, ValueError, RuntimeError, TimeoutError) as e:
         print(f"abn {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

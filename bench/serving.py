@@ -1,0 +1,176 @@
+"""Benchmark: latency and throughput of one prediction path against another (not a test).
+
+For the same model and images, at concurrency 1, 8 and 32:
+  (a) TorchServe over gRPC (ONNX backend, dynamic batching), through serving.client;
+  (b) ONNX Runtime in-process, one request per call;
+  (c) PyTorch eager in-process, one request per call.
+Every path decodes the PNG and preprocesses it as the handler does. Models:
+abn_small at 32x32 and abn_resnet18 at 224x224 (untrained weights: speed does
+not depend on them). Prints a table and writes serving.json into --out.
+
+    .venv/bin/python -m bench.serving --out runs/bench-serving   (as a module: a script named serving.py would shadow the package)
+"""
+
+import argparse
+import io
+import json
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from finetune import checkpoint, onnx_export
+from finetune.images import image_tensor, normalize, open_image
+from finetune.model import create_model
+from handlers.backends import OnnxBackend, TorchBackend, threads_per_worker
+from serving import package
+from serving.client import Client
+from serving.torchserve import ServeConfig, TorchServe
+
+MODELS = {"abn_small": 32, "abn_resnet18": 224}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_checkpoint(arch: str, size: int, out: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model(arch, 10).eval()
+    meta = checkpoint.metadata(model, arch, [str(i) for i in range(10)], (size, size), [0.5] * 3, [0.25] * 3,
+                               {"data": "benchmark"}, name=arch.replace("_", "-"))
+    path = out / f"{arch}.pt"
+    checkpoint.save(path, model, meta)
+    return path
+
+
+def images(size: int, n: int = 64) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    result = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+        result.append(buf.getvalue())
+    return result
+
+
+def in_process(backend, meta: dict):
+    size, mean, std = tuple(meta["input_size"]), meta["mean"], meta["std"]
+    h, w = meta["map_size"]
+    maps, supplied = np.zeros((1, 1, h, w), np.float32), np.zeros(1, bool)
+
+    def call(image: bytes):
+        x = normalize(image_tensor(open_image(image), size)[None], mean, std).numpy()
+        return backend.run(x, maps, supplied)
+    return call
+
+
+def measure(call, data: list[bytes], concurrency: int, requests: int, warmup: int) -> dict:
+    for i in range(warmup):
+        call(data[i % len(data)])
+    latencies, lock, counter = [], threading.Lock(), iter(range(requests))
+
+    def worker():
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t = time.perf_counter()
+            call(data[i % len(data)])
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {"p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * q[94],
+            "throughput_per_s": requests / wall, "requests": requests}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/bench-serving")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--requests", type=int, nargs=2, default=[600, 120], metavar=("SMALL", "RESNET18"),
+                   help="requests per cell for abn_small and abn_resnet18")
+    p.add_argument("--batch-size", type=int, default=8, help="TorchServe's largest batch")
+    p.add_argument("--max-batch-delay", type=int, default=5, help="ms TorchServe waits to fill a batch")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = threads_per_worker(1)
+    torch.set_num_threads(threads)
+
+    store, paths, metas = out / "store", {}, {}
+    for arch, size in MODELS.items():
+        ckpt = make_checkpoint(arch, size, out)
+        _, metas[arch] = checkpoint.load(ckpt)
+        paths[arch] = package.build(ckpt, store, backend="onnx", batch_size=args.batch_size,
+                                    max_batch_delay=args.max_batch_delay)
+    http = [free_port() for _ in range(3)]
+    cfg = ServeConfig(workdir=out / "serve", model_store=store,
+                      models={metas[a]["name"]: paths[a].name for a in MODELS},
+                      grpc_inference_port=free_port(), grpc_management_port=free_port(), http_inference_port=http[0],
+                      http_management_port=http[1], metrics_port=http[2])
+    results = []
+    with TorchServe(cfg):
+        client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
+                        management_target=cfg.management_target)
+        for (arch, size), requests in zip(MODELS.items(), args.requests):
+            meta, data = metas[arch], images(size)
+            onnx_path = out / f"{arch}.onnx"
+            model, _ = checkpoint.load(out / f"{arch}.pt")
+            onnx_export.export(model, meta, onnx_path)
+            calls = {
+                "torchserve-grpc": lambda im, a=meta["name"]: client.predict(im, model=a),
+                "onnxruntime": in_process(OnnxBackend(onnx_path, threads), meta),
+                "pytorch-eager": in_process(TorchBackend(out / f"{arch}.pt", threads), meta),
+            }
+            for c in args.concurrency:
+                for name, call in tqdm(calls.items(), desc=f"{arch} concurrency {c}", leave=False):
+                    r = measure(call, data, c, requests, warmup=max(10, c))
+                    results.append({"model": arch, "input": size, "path": name, "concurrency": c, **r})
+                    print(f"{arch:>13} {name:>16} c={c:<3} p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms  "
+                          f"{r['throughput_per_s']:8.1f}/s", flush=True)
+        client.close()
+
+    def cell(arch, path, c):
+        return next(r for r in results if r["model"] == arch and r["path"] == path and r["concurrency"] == c)
+
+    ratios = {}
+    for arch in MODELS:
+        c1 = min(args.concurrency)
+        ratios[arch] = {
+            "torchserve_p50_over_onnxruntime_p50_at_c1":
+                cell(arch, "torchserve-grpc", c1)["p50_ms"] / cell(arch, "onnxruntime", c1)["p50_ms"],
+            **{f"onnxruntime_over_eager_throughput_at_c{c}":
+               cell(arch, "onnxruntime", c)["throughput_per_s"] / cell(arch, "pytorch-eager", c)["throughput_per_s"]
+               for c in args.concurrency},
+        }
+    lines = [f"{'model':>13} {'path':>16} {'conc':>5} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}"]
+    lines += [f"{r['model']:>13} {r['path']:>16} {r['concurrency']:>5} {r['p50_ms']:>9.2f} {r['p95_ms']:>9.2f} "
+              f"{r['throughput_per_s']:>8.1f}" for r in results]
+    for arch, rs in ratios.items():
+        lines += [f"{arch}: {k} = {v:.2f}" for k, v in rs.items()]
+    text = "\n".join(lines)
+    print(text)
+    (out / "serving.json").write_text(json.dumps({"results": results, "ratios": ratios, "settings": vars(args),
+                                                  "threads": threads, "text": text}, indent=2) + "\n")
+    print(f"wrote {out / 'serving.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""The feedback service, for real: a gRPC server on loopback in front of a SQLite file."""
+
+import io
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from finetune.data import ImageFolder
+from serving import wire
+from serving.client import Client
+from serving.feedback_server import make_server, write_token
+from serving.feedback_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, export_folder
+from serving.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
+from serving.stubs.abn.v1.prediction_pb2 import AttentionMap
+
+CLASSES = {"abn": [str(d) for d in range(10)]}
+
+
+def png(seed: int, size=(32, 32)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0]), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def a_map(h=16, w=16, value=0.5) -> np.ndarray:
+    m = np.zeros((h, w), np.float32)
+    m[h // 4:3 * h // 4, w // 4:3 * w // 4] = value
+    return m
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def service(tmp_path):
+    store = SQLiteStore(tmp_path / "feedback.db")
+    token = write_token(tmp_path / "token")
+    server, port = make_server(store, "127.0.0.1:0", token, classes=CLASSES)
+    client = Client(feedback_target=f"127.0.0.1:{port}", feedback_token_file=tmp_path / "token")
+    yield {"client": client, "store": store, "port": port, "token": token, "path": tmp_path / "feedback.db"}
+    client.close()
+    server.stop(grace=5).wait()
+    store.close()
+
+
+def test_token_file_is_private_and_kept(tmp_path):
+    token = write_token(tmp_path / "t")
+    assert len(token) >= 32 and oct((tmp_path / "t").stat().st_mode & 0o777) == "0o600"
+    assert write_token(tmp_path / "t") == token
+
+
+def test_submit_get_list_round_trip(service):
+    client = service["client"]
+    image, m = png(1), a_map()
+    answer = client.submit_feedback(image, m, label="3", author="ana", model_name="abn", model_version="1",
+                                    idempotency_key="k1")
+    assert answer.created and len(answer.id) == 32
+    got = client.get_feedback(answer.id)
+    assert got.image == image and np.array_equal(wire.map_from_proto(got.attention), m)
+    assert (got.label, got.author, got.model_name, got.model_version) == ("3", "ana", "abn", "1")
+    assert got.state == feedback_pb2.FEEDBACK_STATE_PENDING and got.consumed_by == ""
+    assert got.created_time.seconds > 0
+    second = client.submit_feedback(png(2), a_map(8, 8), label="4", model_name="other")
+    listed = list(client.list_feedback())
+    assert [f.id for f in listed] == [answer.id, second.id]
+    assert [f.id for f in client.list_feedback(model_name="other")] == [second.id]
+    quick = list(client.list_feedback(metadata_only=True))
+    assert quick[0].image == b"" and quick[0].image_sha256 == got.image_sha256
+    later = list(client.list_feedback(since=got.created_time.ToNanoseconds() / 1e9 + 1e-6))
+    assert [f.id for f in later] == [second.id]
+    service["store"].mark_consumed([answer.id], "run-1")
+    assert [f.id for f in client.list_feedback(pending=True)] == [second.id]
+    assert client.get_feedback(answer.id).consumed_by == "run-1"
+    stats = client.feedback_stats()
+    assert stats.total == 2
+    assert {c.key: c.count for c in stats.by_state} == {"pending": 1, "consumed": 1}
+    assert {c.key: c.count for c in stats.by_label} == {"3": 1, "4": 1}
+    assert {c.key: c.count for c in stats.by_model_version} == {"abn:1": 1, "other:": 1}
+
+
+def test_a_retry_with_the_same_key_stores_nothing_new(service):
+    client, store = service["client"], service["store"]
+    first = client.submit_feedback(png(1), a_map(), idempotency_key="same")
+    again = client.submit_feedback(png(1), a_map(), idempotency_key="same")
+    assert first.id == again.id and first.created and not again.created
+    assert store.stats()["total"] == 1
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit_feedback(png(2), a_map(), idempotency_key="same")
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS and "different image" in e.value.details()
+
+
+def test_images_are_stored_once(service):
+    client = service["client"]
+    for i in range(3):
+        client.submit_feedback(png(7), a_map(value=0.1 * (i + 1)))
+    db = sqlite3.connect(service["path"])
+    assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 1
+    assert db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 3
+
+
+def test_sixteen_threads_lose_nothing(service):
+    client, store = service["client"], service["store"]
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda i: client.submit_feedback(png(i), a_map(), idempotency_key=f"t{i}").id,
+                            range(160)))
+    assert len(set(ids)) == 160
+    assert {item.id for item in store.items(with_data=False)} == set(ids)
+
+
+@pytest.mark.parametrize("change,code,message", [
+    (dict(image=b""), "INVALID_ARGUMENT", "image is empty"),
+    (dict(image=b"not an image"), "INVALID_ARGUMENT", "image cannot be decoded"),
+    (dict(attention=None), "INVALID_ARGUMENT", "attention: missing"),
+    (dict(attention=wire.map_to_proto(np.full((4, 4), np.nan))), "INVALID_ARGUMENT", "values must be finite"),
+    (dict(attention=wire.map_to_proto(np.full((4, 4), -0.5))), "INVALID_ARGUMENT", "values must lie in [0, 1]"),
+    (dict(attention=wire.map_to_proto(np.ones((1, 1)))), "INVALID_ARGUMENT", "between 2 and 1024, got 1x1"),
+    (dict(attention=wire.map_to_proto(np.ones((1025, 1025)))), "INVALID_ARGUMENT", "got 1025x1025"),
+    (dict(attention=AttentionMap(height=4, width=4, values=[0.5] * 3)), "INVALID_ARGUMENT",
+     "4x4 map needs 16 values, got 3"),
+    (dict(attention=wire.map_to_proto(np.ones((4, 8)))), "INVALID_ARGUMENT", "aspect ratio"),
+    (dict(label="cat", model_name="abn"), "INVALID_ARGUMENT", "label: 'cat' is not a class of model 'abn'"),
+    (dict(author="x" * 300), "INVALID_ARGUMENT", "author: longer than 256"),
+    (dict(image=b"\x00" * (17 * 1024 * 1024)), "RESOURCE_EXHAUSTED", ""),
+])
+def test_bad_input_is_rejected_and_nothing_is_written(service, change, code, message):
+    client, store = service["client"], service["store"]
+    request = feedback_pb2.SubmitFeedbackRequest(image=png(1), attention=wire.map_to_proto(a_map()),
+                                                 idempotency_key="bad")
+    for k, v in change.items():
+        if v is None:
+            request.ClearField(k)
+        elif k == "attention":
+            request.attention.CopyFrom(v)
+        else:
+            setattr(request, k, v)
+    with pytest.raises(grpc.RpcError) as e:
+        client._feedback.SubmitFeedback(request, metadata=client._feedback_metadata, timeout=30)
+    assert e.value.code() == getattr(grpc.StatusCode, code)
+    assert message in e.value.details()
+    assert store.stats()["total"] == 0
+    assert sqlite3.connect(service["path"]).execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
+    assert client.submit_feedback(png(1), a_map()).created  # still serving
+
+
+def test_unknown_model_labels_are_not_checked_and_get_of_unknown_id(service):
+    client = service["client"]
+    assert client.submit_feedback(png(1), a_map(), label="cat", model_name="elsewhere").created
+    with pytest.raises(grpc.RpcError) as e:
+        client.get_feedback("nope")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_call_without_the_token_is_refused_but_health_and_reflection_answer(service):
+    with grpc.insecure_channel(f"127.0.0.1:{service['port']}") as channel:
+        stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+        for metadata in ([], [("authorization", "Bearer wrong")]):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.GetFeedbackStats(feedback_pb2.GetFeedbackStatsRequest(), metadata=metadata, timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.ListFeedback(feedback_pb2.ListFeedbackRequest(), metadata=metadata, timeout=10))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="abn.v1.FeedbackService"))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    buf = Path(sys.executable).parent / "buf"
+    listed = subprocess.run([str(buf), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-methods",
+                             f"http://127.0.0.1:{service['port']}"], capture_output=True, text=True, timeout=60)
+    assert "abn.v1.FeedbackService/SubmitFeedback" in listed.stdout, listed.stderr
+
+
+def test_export_writes_the_format_train_reads(service, tmp_path):
+    client = service["client"]
+    client.submit_feedback(png(1, (40, 20)), a_map(8, 16), label="3", model_name="abn")
+    client.submit_feedback(png(2), a_map(), predicted_label="5", model_name="abn")
+    client.submit_feedback(png(3), a_map())  # no class at all: left out
+    summary = export_folder(service["store"], tmp_path / "out")
+    assert summary["written"] == 2 and summary["skipped_without_class"] == 1
+    folder = ImageFolder(tmp_path / "out" / "images", (32, 32), tmp_path / "out" / "maps")
+    assert folder.classes == ["3", "5"] and folder.map_count == 2
+
+
+def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):
+    SQLiteStore(tmp_path / "s.db").close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == len(MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="newer than this program's"):
+        SQLiteStore(tmp_path / "s.db")
+
+
+def test_every_acknowledged_submission_survives_sigkill(tmp_path):
+    port, db_path = free_port(), tmp_path / "feedback.db"
+    command = [sys.executable, "-m", "serving.cli", "feedback", "serve", "--store", str(db_path),
+               "--address", f"127.0.0.1:{port}", "--token-file", str(tmp_path / "token")]
+
+    def start():
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert b"feedback service on" in process.stdout.readline()
+        return process
+
+    server = start()
+    client = Client(feedback_target=f"127.0.0.1:{port}", feedback_token_file=tmp_path / "token", timeout=10)
+    acknowledged, lock, stop = [], threading.Lock(), threading.Event()
+
+    def load(worker: int):
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            try:
+                answer = client._feedback.SubmitFeedback(
+                    feedback_pb2.SubmitFeedbackRequest(image=png(worker * 10_000 + i),
+                                                       attention=wire.map_to_proto(a_map()),
+                                                       idempotency_key=f"{worker}-{i}"),
+                    metadata=client._feedback_metadata, timeout=10)
+            except grpc.RpcError:
+                return  # the server is gone
+            with lock:
+                acknowledged.append(answer.id)
+
+    threads = [threading.Thread(target=load, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(server.pid, signal.SIGKILL)  # in the middle of the load
+    server.wait()
+    stop.set()
+    for t in threads:
+        t.join(30)
+    client.close()
+    assert len(acknowledged) >= 200
+
+    server = start()  # restarted on the same file
+    try:
+        store = SQLiteStore(db_path)
+        assert store.integrity() == "ok"
+        stored = {item.id for item in store.items(with_data=False)}
+        assert set(acknowledged) <= stored
+        store.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)

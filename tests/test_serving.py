@@ -1,0 +1,241 @@
+"""The serving path, for real: a TorchServe on loopback ports, talked to over gRPC."""
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finetune import checkpoint, decoy_digits, onnx_export
+from finetune.images import image_tensor, normalize, open_image, resize_map
+from finetune.model import create_model
+from serving import package, protos, wire
+from serving.client import Client
+from serving.stubs.torchserve import inference_pb2
+from serving.torchserve import ServeConfig, TorchServe, read_keys
+
+pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
+TOKEN_MINUTES = 0.25  # short, so that the client's renewal is exercised
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((array * 255).round().astype("uint8")).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    torch.manual_seed(0)
+    model = create_model("abn_small", 10)
+    model.train()
+    with torch.no_grad():  # a few batches so that BatchNorm statistics are not the identity
+        for _ in range(3):
+            model(torch.rand(32, 3, 32, 32))
+    model.eval()
+    meta = checkpoint.metadata(model, "abn_small", decoy_digits.CLASSES, (32, 32), [0.2] * 3, [0.3] * 3,
+                               {"data": "test"}, name="abn")
+    ckpt = root / "checkpoint.pt"
+    checkpoint.save(ckpt, model, meta)
+    store = root / "store"
+    package.build(ckpt, store, backend="onnx", name="abn", batch_size=8, max_batch_delay=50)
+    package.build(ckpt, store, backend="torch", name="abn_torch", batch_size=8, max_batch_delay=50)
+    http = [free_port() for _ in range(3)]
+    cfg = ServeConfig(workdir=root / "serve", model_store=store,
+                      models={"abn": "abn.v1.mar", "abn_torch": "abn_torch.v1.mar"},
+                      grpc_inference_port=free_port(), grpc_management_port=free_port(), http_inference_port=http[0],
+                      http_management_port=http[1], metrics_port=http[2], token_expiration_min=TOKEN_MINUTES)
+    with TorchServe(cfg) as server:
+        client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
+                        management_target=cfg.management_target)
+        yield {"client": client, "model": model, "meta": meta, "cfg": cfg, "server": server}
+        client.close()
+
+
+def in_process(model, meta, image: bytes, attention: np.ndarray | None = None):
+    x = normalize(image_tensor(open_image(image), tuple(meta["input_size"]))[None], meta["mean"], meta["std"])
+    m = None if attention is None else resize_map(torch.from_numpy(attention)[None, None], tuple(meta["map_size"]))
+    with torch.no_grad():
+        out = model(x, attention=m)
+    return torch.softmax(out.logits, 1)[0].numpy(), out.attention[0, 0].numpy()
+
+
+def probabilities(prediction) -> np.ndarray:
+    p = np.zeros(len(prediction.scores), np.float32)
+    for s in prediction.scores:
+        p[s.index] = s.probability
+    return p
+
+
+def sample_images(n: int) -> list[bytes]:
+    images = decoy_digits.build("test").images
+    return [png(images[i, 0].numpy()) for i in range(n)]
+
+
+@pytest.mark.parametrize("model_name", ["abn", "abn_torch"])
+def test_prediction_matches_the_model_in_process(served, model_name):
+    client, model, meta = served["client"], served["model"], served["meta"]
+    for image in sample_images(4):
+        pred = client.predict(image, top_k=10, model=model_name)
+        expected_p, expected_map = in_process(model, meta, image)
+        assert pred.model_name == model_name and pred.model_version == "1"
+        assert len(pred.prediction_id) == 32 and not pred.attention_supplied
+        assert [s.label for s in pred.scores] == [meta["classes"][s.index] for s in pred.scores]
+        assert np.abs(probabilities(pred) - expected_p).max() <= 1e-4
+        got_map = wire.map_from_proto(pred.attention)
+        assert got_map.shape == (16, 16) and np.abs(got_map - expected_map).max() <= 1e-4
+    top3 = client.predict(image, top_k=3, model=model_name)
+    assert len(top3.scores) == 3
+    assert top3.scores[0].probability >= top3.scores[1].probability >= top3.scores[2].probability
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
+    client, model, meta = served["client"], served["model"], served["meta"]
+    images = sample_images(24)
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda im: client.predict(im, top_k=10), images))
+    for image, pred in zip(images, answers):
+        assert np.abs(probabilities(pred) - in_process(model, meta, image)[0]).max() <= 1e-4
+    assert len({p.prediction_id for p in answers}) == len(images)
+    log = (served["cfg"].workdir / "logs" / "model_log.log").read_text()
+    assert "batch of " in log  # TorchServe handed the handler more than one request at once
+
+
+@pytest.mark.parametrize("model_name", ["abn", "abn_torch"])
+def test_a_supplied_map_changes_the_prediction_as_in_process(served, model_name):
+    client, model, meta = served["client"], served["model"], served["meta"]
+    image = sample_images(1)[0]
+    edit = np.zeros((32, 32), np.float32)
+    edit[8:24, 8:24] = 1.0  # at image size: resized to the model's 16x16
+    pred = client.predict(image, top_k=10, attention=edit, model=model_name)
+    own = client.predict(image, top_k=10, model=model_name)
+    expected_p, expected_map = in_process(model, meta, image, edit)
+    assert pred.attention_supplied
+    assert np.abs(probabilities(pred) - expected_p).max() <= 1e-4
+    assert np.abs(wire.map_from_proto(pred.attention) - expected_map).max() <= 1e-4
+    assert np.abs(probabilities(pred) - probabilities(own)).max() > 1e-3
+
+
+def raw_predict(client: Client, inputs: dict, model: str = "abn"):
+    request = inference_pb2.PredictionsRequest(model_name=model, input=inputs)
+    return client._call(client._inference.Predictions, request, "inference")
+
+
+GOOD = b"<the sample image>"
+
+
+def huge_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (8200, 8200)).save(buf, "PNG")  # 67 megapixels in a few kilobytes
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({"data": b"\x89PNG\r\n\x1a\n broken"}, "data: image cannot be decoded"),
+    ({"data": b""}, "data: image is empty"),
+    ({"data": huge_png()}, "data: image is 8200x8200, above the limit of 67108864 pixels"),
+    ({"top_k": b"3"}, "data: missing"),
+    ({"data": GOOD, "attention": b"\xff\xff not a message"}, "attention: not a serialized abn.v1.AttentionMap"),
+    ({"data": GOOD, "attention": wire.map_to_proto(np.full((4, 4), 1.5)).SerializeToString()},
+     "attention: values must lie in [0, 1]"),
+    ({"data": GOOD, "attention": wire.map_to_proto(np.full((1, 4), 0.5)).SerializeToString()},
+     "attention: height and width must be between 2 and 1024"),
+    ({"data": GOOD, "attention": b"\x08\x04\x10\x04\x1a\x04\x00\x00\x00\x00"}, "4x4 map needs 16 values, got 1"),
+    ({"data": GOOD, "top_k": b"0"}, "top_k: must be a whole number from 1 to 10"),
+    ({"data": GOOD, "format": b"xml"}, "format: must be proto or json"),
+])
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(served, inputs, message):
+    client = served["client"]
+    good = sample_images(1)[0]
+    with pytest.raises(grpc.RpcError) as e:
+        raw_predict(client, {k: good if v is GOOD else v for k, v in inputs.items()})
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in e.value.details()
+    assert client.predict(good).scores  # still serving
+
+
+def test_a_bad_request_batched_with_good_ones(served):
+    client = served["client"]
+    images = sample_images(8)
+    jobs = [(im, None) for im in images] + [(b"not an image", "cannot be decoded")] * 4
+
+    def send(job):
+        try:
+            return client.predict(job[0])
+        except grpc.RpcError as e:
+            return e
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, jobs))
+    for (_, failure), result in zip(jobs, results):
+        if failure is None:
+            assert not isinstance(result, Exception) and result.scores
+        else:
+            assert isinstance(result, grpc.RpcError) and result.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert failure in result.details()
+
+
+def test_json_answer_for_rest_users(served):
+    answer = raw_predict(served["client"], {"data": sample_images(1)[0], "format": b"json", "top_k": b"2"})
+    body = json.loads(answer.prediction)
+    assert body["model_name"] == "abn" and len(body["scores"]) == 2
+    assert body["attention"]["height"] == 16 and len(body["attention"]["values"]) == 256
+
+
+def test_a_call_without_the_token_is_refused(served):
+    cfg = served["cfg"]
+    with grpc.insecure_channel(cfg.inference_target) as channel:
+        from serving.stubs.torchserve import inference_pb2_grpc
+        stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        request = inference_pb2.PredictionsRequest(model_name="abn", input={"data": sample_images(1)[0]})
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predictions(request, timeout=30)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predictions(request, metadata=[("authorization", "Bearer wrong")], timeout=30)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_client_renews_an_expired_token(served):
+    client, cfg = served["client"], served["cfg"]
+    image = sample_images(1)[0]
+    client.predict(image)
+    before = read_keys(cfg.key_file)["inference"]
+    time.sleep(TOKEN_MINUTES * 60 + 2)
+    assert client.predict(image).scores  # refused once inside, renewed, repeated
+    assert read_keys(cfg.key_file)["inference"] != before
+
+
+def test_stubs_are_current():
+    assert protos.stale() == [], "run: python -m serving.protos"
+
+
+def test_protos_pass_buf_lint():
+    buf = Path(sys.executable).parent / "buf"
+    result = subprocess.run([str(buf), "lint"], cwd=protos.REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    model = create_model("abn_small", 10).eval()
+    meta = {"input_size": [32, 32], "map_size": [16, 16]}
+    onnx_export.export(model, meta, tmp_path / "m.onnx")
+    diffs = onnx_export.check(model, meta, tmp_path / "m.onnx", batch=7)
+    assert set(diffs) == {"logits", "attention_logits", "attention"} and max(diffs.values()) <= 1e-4
