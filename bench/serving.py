@@ -14,7 +14,6 @@ not depend on them). Prints a table and writes serving.json into --out.
 import argparse
 import io
 import json
-import socket
 import statistics
 import threading
 import time
@@ -35,12 +34,6 @@ from serving.client import Client
 from serving.torchserve import ServeConfig, TorchServe
 
 MODELS = {"abn_small": 32, "abn_resnet18": 224}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_checkpoint(arch: str, size: int, out: Path) -> Path:
@@ -120,11 +113,7 @@ def main() -> None:
         _, metas[arch] = checkpoint.load(ckpt)
         paths[arch] = package.build(ckpt, store, backend="onnx", batch_size=args.batch_size,
                                     max_batch_delay=args.max_batch_delay)
-    http = [free_port() for _ in range(3)]
-    cfg = ServeConfig(workdir=out / "serve", model_store=store,
-                      models={metas[a]["name"]: paths[a].name for a in MODELS},
-                      grpc_inference_port=free_port(), grpc_management_port=free_port(), http_inference_port=http[0],
-                      http_management_port=http[1], metrics_port=http[2])
+    cfg = ServeConfig.on_free_ports(out / "serve", store, {metas[a]["name"]: paths[a].name for a in MODELS})
     results = []
     with TorchServe(cfg):
         client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,

@@ -46,28 +46,46 @@ def _serve_config(args: argparse.Namespace, models: dict[str, str]) -> ServeConf
                        host=args.host, grpc_inference_port=args.port, grpc_management_port=args.management_port)
 
 
-def _serve_until_stopped(cfg: ServeConfig) -> None:
-    with TorchServe(cfg):
-        print(f"TorchServe answers gRPC on {cfg.inference_target} (inference) and {cfg.management_target} "
-              f"(management); tokens in {cfg.key_file}; logs in {cfg.workdir / 'logs'}")
-        name = next(iter(cfg.models), "abn")
-        print("Try it:\n"
-              f"  .venv/bin/python -c \"from serving.client import Client; "
-              f"c = Client('{cfg.inference_target}', '{cfg.key_file}', model='{name}'); "
-              f"print(c.predict(open('runs/sample.png', 'rb').read(), top_k=3))\"")
-        print("Ctrl-C stops it.", flush=True)
-        stop = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # so that either ends the wait, and TorchServe with it
-        signal.sigwait(stop)
+def _wait_for_stop() -> None:
+    """Until SIGINT or SIGTERM; blocking both first makes either end the wait, so the caller cleans up."""
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    print("Ctrl-C stops it.", flush=True)
+    signal.sigwait(stop)
+
+
+def _start_feedback(args: argparse.Namespace, checkpoints: list[str]):
+    store = open_store(args.store)
+    token = None if args.no_token else feedback_server.write_token(args.token_file)
+    tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes()) if args.tls_cert else None
+    server, port = feedback_server.make_server(store, args.address, token, tls,
+                                               feedback_server.known_classes(checkpoints))
+    host = args.address.rsplit(":", 1)[0]
+    print(f"feedback service on {host}:{port} ({'TLS' if tls else 'plaintext'}), store {args.store}"
+          + (f", token in {args.token_file}" if token else ", no token"), flush=True)
+    return server, store
+
+
+def _stop_feedback(server, store) -> None:
+    server.stop(grace=30).wait()  # calls in flight finish
+    store.close()
+
+
+def _announce(cfg: ServeConfig) -> None:
+    print(f"TorchServe answers gRPC on {cfg.inference_target} (inference) and {cfg.management_target} "
+          f"(management); tokens in {cfg.key_file}; logs in {cfg.workdir / 'logs'}", flush=True)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    models = dict(m.split("=", 1) for m in args.models)
-    _serve_until_stopped(_serve_config(args, models))
+    cfg = _serve_config(args, dict(m.split("=", 1) for m in args.models))
+    with TorchServe(cfg):
+        _announce(cfg)
+        _wait_for_stop()
 
 
 def _cmd_up(args: argparse.Namespace) -> None:
-    """The main job, on embedded defaults: train the demo model unless it is trained, archive it, serve it."""
+    """The main job, on embedded defaults: train the demo model unless it is trained, archive it, and serve
+    it beside the feedback service."""
     train.train(train.default_args(out=args.out, resume=True))
     ckpt = Path(args.out) / "checkpoint.pt"
     meta = checkpoint.read_metadata(ckpt)
@@ -76,11 +94,24 @@ def _cmd_up(args: argparse.Namespace) -> None:
         package.build(ckpt, args.model_store)
     sample = decoy_digits.build("test").images[0, 0]
     Image.fromarray((sample.numpy() * 255).round().astype("uint8")).save("runs/sample.png")
-    _serve_until_stopped(_serve_config(args, {meta["name"]: mar.name}))
+    cfg = _serve_config(args, {meta["name"]: mar.name})
+    with TorchServe(cfg):
+        _announce(cfg)
+        server, store = _start_feedback(args, [str(ckpt)])
+        print("Try it: see README.md, \"Asking for a prediction\" and \"Sending a correction\" (runs/sample.png is "
+              "a test digit)", flush=True)
+        try:
+            _wait_for_stop()
+        finally:
+            _stop_feedback(server, store)
 
 
 def _cmd_feedback_serve(args: argparse.Namespace) -> None:
-    feedback_server.run(args)
+    server, store = _start_feedback(args, args.checkpoint)
+    try:
+        _wait_for_stop()
+    finally:
+        _stop_feedback(server, store)
 
 
 def _cmd_feedback_stats(args: argparse.Namespace) -> None:
@@ -148,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = p.add_subparsers(dest="feedback_command", required=True, metavar="command")
     fp = fsub.add_parser("serve", help="run the feedback service", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     feedback_server.add_arguments(fp)
+    fp.add_argument("--checkpoint", nargs="*", default=[],
+                    help="checkpoints of the served models: labels are checked against their classes")
     fp.set_defaults(func=_cmd_feedback_serve)
     fp = fsub.add_parser("stats", help="counts of stored corrections by state, label and model version",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -166,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="folder of the demo model")
     _add_serve_arguments(p)
+    feedback_server.add_arguments(p.add_argument_group("feedback service"))
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("info", help="print a checkpoint's metadata")

@@ -9,7 +9,6 @@ Everything is validated before anything is written.
 """
 
 import secrets
-import signal
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -185,20 +184,3 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-token", action="store_true", help="accept calls without a token")
     parser.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key, serve TLS")
     parser.add_argument("--tls-key", help="PEM private key")
-    parser.add_argument("--checkpoint", nargs="*", default=[],
-                        help="checkpoints of the served models: labels are checked against their classes")
-
-
-def run(args) -> None:
-    """The feedback service in the foreground until SIGINT or SIGTERM; calls in flight finish."""
-    store = open_store(args.store)
-    token = None if args.no_token else write_token(args.token_file)
-    tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes()) if args.tls_cert else None
-    server, port = make_server(store, args.address, token, tls, known_classes(args.checkpoint))
-    print(f"feedback service on {args.address.rsplit(':', 1)[0]}:{port} ({'TLS' if tls else 'plaintext'}), "
-          f"store {args.store}" + (f", token in {args.token_file}" if token else ", no token"), flush=True)
-    stop = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-    signal.sigwait(stop)
-    server.stop(grace=30).wait()
-    store.close()

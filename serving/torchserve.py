@@ -8,7 +8,7 @@ from the model store can be registered; request and response sizes are bounded.
 
 import json
 import os
-import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +35,13 @@ class ServeConfig:
         # TorchServe runs in workdir: every path handed to it must be absolute.
         self.workdir, self.model_store = Path(self.workdir).resolve(), Path(self.model_store).resolve()
 
+    @classmethod
+    def on_free_ports(cls, workdir: Path, model_store: Path, models: dict[str, str], **kw) -> "ServeConfig":
+        """A configuration on loopback ports that are free now, for tests and benchmarks."""
+        ports = ("grpc_inference_port", "grpc_management_port", "http_inference_port", "http_management_port",
+                 "metrics_port")
+        return cls(workdir, model_store, models, **{p: free_port() for p in ports}, **kw)
+
     @property
     def inference_target(self) -> str:
         return f"{self.host}:{self.grpc_inference_port}"
@@ -50,6 +57,12 @@ class ServeConfig:
     @property
     def key_file(self) -> Path:
         return self.workdir / "key_file.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_config(cfg: ServeConfig) -> Path:
@@ -154,5 +167,3 @@ class TorchServe:
         self.stop()
 
 
-def java_available() -> bool:
-    return shutil.which("java") is not None

@@ -1,9 +1,9 @@
 """The feedback service, for real: a gRPC server on loopback in front of a SQLite file."""
 
 import io
+import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,12 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from finetune.data import ImageFolder
-from serving import wire
+from serving import cli, wire
 from serving.client import Client
 from serving.feedback_server import make_server, write_token
 from serving.feedback_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, export_folder
 from serving.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
 from serving.stubs.abn.v1.prediction_pb2 import AttentionMap
+from serving.torchserve import free_port
 
 CLASSES = {"abn": [str(d) for d in range(10)]}
 
@@ -39,12 +40,6 @@ def a_map(h=16, w=16, value=0.5) -> np.ndarray:
     m = np.zeros((h, w), np.float32)
     m[h // 4:3 * h // 4, w // 4:3 * w // 4] = value
     return m
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -195,6 +190,16 @@ def test_export_writes_the_format_train_reads(service, tmp_path):
     assert folder.classes == ["3", "5"] and folder.map_count == 2
 
 
+def test_feedback_commands(service, tmp_path, capsys):
+    service["client"].submit_feedback(png(1), a_map(), label="3", model_name="abn")
+    assert cli.main(["feedback", "stats", "--store", str(service["path"])]) == 0
+    assert json.loads(capsys.readouterr().out)["by_label"] == {"3": 1}
+    assert cli.main(["feedback", "export", "--store", str(service["path"]), "--out", str(tmp_path / "x"),
+                     "--state", "pending"]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 1
+    assert len(list((tmp_path / "x" / "maps" / "3").glob("*.png"))) == 1
+
+
 def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):
     SQLiteStore(tmp_path / "s.db").close()
     db = sqlite3.connect(tmp_path / "s.db")
@@ -260,3 +265,26 @@ def test_every_acknowledged_submission_survives_sigkill(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+
+
+def test_tls_when_a_certificate_and_key_are_given(tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    store = SQLiteStore(tmp_path / "f.db")
+    tls = ((tmp_path / "cert.pem").read_bytes(), (tmp_path / "key.pem").read_bytes())
+    server, port = make_server(store, "127.0.0.1:0", token="secret", tls=tls)
+    (tmp_path / "token").write_text("secret")
+    try:
+        client = Client(feedback_target=f"localhost:{port}", feedback_token_file=tmp_path / "token",
+                        feedback_ca=tmp_path / "cert.pem", timeout=10)
+        assert client.submit_feedback(png(1), a_map()).created
+        client.close()
+        plain = Client(feedback_target=f"127.0.0.1:{port}", feedback_token_file=tmp_path / "token", timeout=5)
+        with pytest.raises(grpc.RpcError) as e:  # a plaintext client cannot talk to a TLS server
+            plain.feedback_stats()
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        plain.close()
+    finally:
+        server.stop(grace=5).wait()
+        store.close()

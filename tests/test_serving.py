@@ -3,7 +3,6 @@
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +25,6 @@ from serving.torchserve import ServeConfig, TorchServe, read_keys
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 TOKEN_MINUTES = 0.25  # short, so that the client's renewal is exercised
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(array: np.ndarray) -> bytes:
@@ -57,11 +50,8 @@ def served(tmp_path_factory):
     store = root / "store"
     package.build(ckpt, store, backend="onnx", name="abn", batch_size=8, max_batch_delay=50)
     package.build(ckpt, store, backend="torch", name="abn_torch", batch_size=8, max_batch_delay=50)
-    http = [free_port() for _ in range(3)]
-    cfg = ServeConfig(workdir=root / "serve", model_store=store,
-                      models={"abn": "abn.v1.mar", "abn_torch": "abn_torch.v1.mar"},
-                      grpc_inference_port=free_port(), grpc_management_port=free_port(), http_inference_port=http[0],
-                      http_management_port=http[1], metrics_port=http[2], token_expiration_min=TOKEN_MINUTES)
+    cfg = ServeConfig.on_free_ports(root / "serve", store, {"abn": "abn.v1.mar", "abn_torch": "abn_torch.v1.mar"},
+                                    token_expiration_min=TOKEN_MINUTES)
     with TorchServe(cfg) as server:
         client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
                         management_target=cfg.management_target)

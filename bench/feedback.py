@@ -1,0 +1,103 @@
+"""Benchmark: submissions per second to the feedback service (not a test).
+
+A real feedback server (token on, SQLite in WAL mode with synchronous=FULL, so
+every OK is on disk) on a loopback port; clients submit ~50 KB PNG images with
+a 16x16 corrected map at concurrency 1 and 16. Prints a table and writes
+feedback.json into --out. The server runs in its own process, as in
+production, so that client and server do not share one interpreter lock.
+
+    .venv/bin/python -m bench.feedback --out runs/bench-feedback
+"""
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from serving.client import Client
+from serving.torchserve import free_port
+
+
+def images(n: int, size: int = 128) -> list[bytes]:
+    """Distinct noise PNGs of about 50 KB (noise does not compress)."""
+    rng = np.random.default_rng(0)
+    result = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+        result.append(buf.getvalue())
+    return result
+
+
+def measure(client: Client, data: list[bytes], concurrency: int, requests: int, tag: str) -> dict:
+    attention = np.random.default_rng(1).random((16, 16)).astype(np.float32)
+    latencies, lock, counter = [], threading.Lock(), iter(range(requests))
+
+    def worker():
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t = time.perf_counter()
+            client.submit_feedback(data[i % len(data)], attention, label="3", idempotency_key=f"{tag}-{i}")
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {"concurrency": concurrency, "requests": requests, "per_second": requests / wall,
+            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * q[98]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/bench-feedback")
+    p.add_argument("--requests", type=int, default=2000, help="submissions per concurrency level")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "feedback.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "serving.cli", "feedback", "serve", "--store", str(db),
+                               "--address", f"127.0.0.1:{port}", "--token-file", str(out / "token")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        print(server.stdout.readline().decode().strip())
+        data = images(256)
+        print(f"image size: {statistics.mean(map(len, data)) / 1024:.1f} KB on average")
+        client = Client(feedback_target=f"127.0.0.1:{port}", feedback_token_file=out / "token")
+        measure(client, data, 4, 100, "warmup")
+        results = [measure(client, data, c, args.requests, f"c{c}") for c in args.concurrency]
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+    lines = [f"{'concurrency':>11} {'submissions/s':>14} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines += [f"{r['concurrency']:>11} {r['per_second']:>14.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
+              for r in results]
+    text = "\n".join(lines)
+    print(text)
+    (out / "feedback.json").write_text(json.dumps({"results": results, "settings": vars(args), "text": text},
+                                                  indent=2) + "\n")
+    print(f"wrote {out / 'feedback.json'}")
+
+
+if __name__ == "__main__":
+    main()
