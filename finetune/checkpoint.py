@@ -8,6 +8,7 @@ The metadata says everything needed to rebuild and feed the model:
     name, version, parent_version, trained_on, created
 """
 
+import io
 import json
 import os
 from datetime import datetime, timezone
@@ -54,23 +55,27 @@ def save(path: str | Path, model: ABN, meta: dict) -> None:
     atomic_save({"format": FORMAT, "metadata": json.dumps(meta), "state_dict": model.state_dict()}, path)
 
 
-def _read(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+def _read(source: str | Path | bytes) -> dict:
+    """A checkpoint from a file, or from its bytes (e.g. read out of a .mar)."""
+    if isinstance(source, bytes):
+        name, f = "checkpoint bytes", io.BytesIO(source)
+    else:
+        name = f = Path(source)
+        if not f.is_file():
+            raise FileNotFoundError(f"checkpoint {f} does not exist")
+    obj = torch.load(f, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a checkpoint of format {FORMAT}")
+        raise ValueError(f"{name} is not a checkpoint of format {FORMAT}")
     return obj
 
 
-def read_metadata(path: str | Path) -> dict:
-    return json.loads(_read(path)["metadata"])
+def read_metadata(source: str | Path | bytes) -> dict:
+    return json.loads(_read(source)["metadata"])
 
 
-def load(path: str | Path) -> tuple[ABN, dict]:
-    """The model (in eval mode, on the CPU) and its metadata."""
-    obj = _read(path)
+def load(source: str | Path | bytes) -> tuple[ABN, dict]:
+    """The model (in eval mode, on the CPU) and its metadata, from a file or its bytes."""
+    obj = _read(source)
     meta = json.loads(obj["metadata"])
     model = create_model(meta["architecture"], len(meta["classes"]))
     model.load_state_dict(obj["state_dict"])

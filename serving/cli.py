@@ -6,9 +6,10 @@ import signal
 import sys
 from pathlib import Path
 
+import grpc
 from PIL import Image
 
-from finetune import checkpoint, data, decoy_digits, knowledge, train
+from finetune import checkpoint, data, decoy_digits, knowledge, retrain, train
 from finetune.data import DataError
 from finetune.evaluate import evaluate
 from serving import feedback_server, package
@@ -106,6 +107,13 @@ def _cmd_up(args: argparse.Namespace) -> None:
             _stop_feedback(server, store)
 
 
+def _cmd_retrain(args: argparse.Namespace) -> None:
+    if args.schedule:
+        retrain.run_on_schedule(args)
+    else:
+        retrain.run_once(args)
+
+
 def _cmd_feedback_serve(args: argparse.Namespace) -> None:
     server, store = _start_feedback(args, args.checkpoint)
     try:
@@ -175,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=["abn=abn.v1.mar"], help="NAME=ARCHIVE pairs to load")
     p.set_defaults(func=_cmd_serve)
 
+    p = sub.add_parser("retrain", help="fine-tune the served model on pending feedback and promote it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    retrain.add_arguments(p)
+    p.set_defaults(func=_cmd_retrain)
+
     p = sub.add_parser("feedback", help="the feedback service and its store")
     fsub = p.add_subparsers(dest="feedback_command", required=True, metavar="command")
     fp = fsub.add_parser("serve", help="run the feedback service", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -221,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (DataError, FileNotFoundError, ValueError, RuntimeError, TimeoutError) as e:
         print(f"abn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as e:
+        print(f"abn {args.command}: error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 2
     return 0
 

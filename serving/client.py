@@ -144,6 +144,15 @@ class Client:
         request = management_pb2.DescribeModelRequest(model_name=model or self.model, model_version=version)
         return json.loads(self._call(self._management.DescribeModel, request, "management").msg)
 
+    def register(self, archive: str, workers: int = 1) -> str:
+        """Load an archive of the model store as a new version; returns TorchServe's message."""
+        request = management_pb2.RegisterModelRequest(url=archive, initial_workers=workers, synchronous=True)
+        return self._call(self._management.RegisterModel, request, "management").msg
+
+    def set_default(self, model: str, version: str) -> str:
+        request = management_pb2.SetDefaultRequest(model_name=model, model_version=version)
+        return self._call(self._management.SetDefault, request, "management").msg
+
     def model_ready(self, model: str | None = None) -> bool:
         try:
             return any(w.get("status") == "READY" for d in self.describe(model) for w in d.get("workers", []))

@@ -1,0 +1,120 @@
+"""The whole loop, end to end: serve a decoy-trained model, collect corrected maps over gRPC, retrain,
+promote; and the faults on the way: a failure at any step leaves version 1 serving and the feedback
+pending, and the next run succeeds."""
+
+import argparse
+import fcntl
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finetune import checkpoint, decoy_digits, expert, retrain, train
+from finetune.data import TensorSet
+from finetune.evaluate import evaluate
+from finetune.images import resize_map
+from serving import package, wire
+from serving.client import Client
+from serving.feedback_server import make_server, write_token
+from serving.feedback_store import SQLiteStore
+from serving.torchserve import ServeConfig, TorchServe
+
+pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
+FEEDBACK = 120
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((array * 255).round().astype("uint8")).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
+    run = tmp_path / "decoy"
+    train.train(train.default_args(out=str(run), epochs=6))
+    package.build(run / "checkpoint.pt", tmp_path / "store", name="abn")
+    cfg = ServeConfig.on_free_ports(tmp_path / "serve", tmp_path / "store", {"abn": "abn.v1.mar"})
+    store = SQLiteStore(tmp_path / "feedback.db")
+    token = write_token(tmp_path / "token")
+    feedback, port = make_server(store, "127.0.0.1:0", token)
+    with TorchServe(cfg):
+        client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
+                        management_target=cfg.management_target, feedback_target=f"127.0.0.1:{port}",
+                        feedback_token_file=tmp_path / "token")
+        args = argparse.ArgumentParser()
+        retrain.add_arguments(args)
+        args = args.parse_args(["--store", str(tmp_path / "feedback.db"), "--model-store", str(tmp_path / "store"),
+                                "--workdir", str(tmp_path / "retrain"), "--key-file", str(cfg.key_file),
+                                "--inference", cfg.inference_target, "--management", cfg.management_target,
+                                "--management-url", cfg.http_management_url, "--min-feedback", "20"])
+
+        def run_with(**changes):
+            return retrain.run_once(argparse.Namespace(**{**vars(args), **changes}))
+
+        def default_version():
+            return client.predict(png(np.zeros((32, 32))), model="abn").model_version
+
+        # too little feedback: a clean stop
+        assert run_with()["outcome"] == "too_little_feedback"
+
+        # a second run while one holds the lock exits cleanly
+        with open(tmp_path / "retrain" / "retrain.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            assert run_with() is None
+
+        # corrections, as an expert would send them: predict, correct the map, submit
+        split = decoy_digits.build("train")
+        for i in range(FEEDBACK):
+            image = png(split.images[i, 0].numpy())
+            prediction = client.predict(image)
+            served_map = resize_map(torch.from_numpy(wire.map_from_proto(prediction.attention))[None], (32, 32))[0]
+            corrected = expert.correct(split.masks[i, 0].numpy() > 0, served_map.numpy(), seed=i)
+            client.submit_feedback(image, corrected, prediction=prediction, author="expert")
+        assert store.stats("abn")["by_state"] == {"pending": FEEDBACK}
+
+        # a failure at a step before the archive: nothing changes
+        with pytest.raises(retrain.StepFailure):
+            run_with(fail_at="finetune")
+        assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
+        assert not (tmp_path / "retrain" / "pending.json").exists()
+
+        # TorchServe unreachable at promotion (here: made to fail at registering): the archive is kept
+        with pytest.raises(retrain.StepFailure):
+            run_with(fail_at="register")
+        assert (tmp_path / "retrain" / "pending.json").exists() and (tmp_path / "store" / "abn.v2.mar").exists()
+        assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
+
+        # a failure after the new version became the default: version 1 is the default again
+        with pytest.raises(retrain.StepFailure):
+            run_with(fail_at="live_check")
+        assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
+
+        # the next run promotes the archive it built before, without training again
+        report = run_with()
+        assert report["outcome"] == "promoted" and report["promoted_version"] == "2"
+        assert report["steps"].count("finetune") == 1
+        assert default_version() == "2"
+        assert store.stats("abn")["by_state"] == {"consumed": FEEDBACK}
+        assert not (tmp_path / "retrain" / "pending.json").exists()
+        assert (tmp_path / "retrain" / report["run"] / "report.png").stat().st_size > 0
+        held = report["figures"]
+        assert held["candidate"]["check_feedback"]["map_iou"] > held["served"]["check_feedback"]["map_iou"]
+
+        # the promoted version scores higher on the test split than the one it replaced
+        test = decoy_digits.build("test")
+        test_set = TensorSet(test.images, test.labels)
+        old, meta = checkpoint.load(run / "checkpoint.pt")
+        new, new_meta = checkpoint.load(tmp_path / "retrain" / report["run"] / "checkpoint.pt")
+        before, after = (evaluate(m, test_set, meta["mean"], meta["std"])["accuracy"] for m in (old, new))
+        print(f"test accuracy: version 1 {before:.4f}, version 2 {after:.4f}")
+        assert after > before + 0.1
+        assert new_meta["version"] == 2 and new_meta["parent_version"] == 1
+
+        # nothing pending any more: the next run stops early
+        assert run_with()["outcome"] == "too_little_feedback"
+        client.close()
+    feedback.stop(grace=5).wait()
+    store.close()
