@@ -4,6 +4,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import grpc
@@ -47,12 +48,14 @@ def _serve_config(args: argparse.Namespace, models: dict[str, str]) -> ServeConf
                        host=args.host, grpc_inference_port=args.port, grpc_management_port=args.management_port)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _wait_for_stop() -> None:
     """Until SIGINT or SIGTERM; blocking both first makes either end the wait, so the caller cleans up."""
-    stop = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     print("Ctrl-C stops it.", flush=True)
-    signal.sigwait(stop)
+    signal.sigwait(STOP_SIGNALS)
 
 
 def _start_feedback(args: argparse.Namespace, checkpoints: list[str]):
@@ -84,6 +87,18 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         _wait_for_stop()
 
 
+def _start_retrain_schedule(args: argparse.Namespace, cfg: ServeConfig, model: str) -> None:
+    """The retraining job on its schedule, in the background of the main job, against its services."""
+    parser = argparse.ArgumentParser()
+    retrain.add_arguments(parser)
+    job = parser.parse_args(["--model", model, "--store", args.store, "--model-store", str(cfg.model_store),
+                             "--key-file", str(cfg.key_file), "--inference", cfg.inference_target,
+                             "--management", cfg.management_target, "--management-url", cfg.http_management_url,
+                             "--schedule", args.retrain_schedule])
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the thread inherits it: only the main thread waits
+    threading.Thread(target=retrain.run_on_schedule, args=(job,), daemon=True).start()
+
+
 def _cmd_up(args: argparse.Namespace) -> None:
     """The main job, on embedded defaults: train the demo model unless it is trained, archive it, and serve
     it beside the feedback service."""
@@ -99,6 +114,8 @@ def _cmd_up(args: argparse.Namespace) -> None:
     with TorchServe(cfg):
         _announce(cfg)
         server, store = _start_feedback(args, [str(ckpt)])
+        if args.retrain_schedule:
+            _start_retrain_schedule(args, cfg, meta["name"])
         print("Try it: see README.md, \"Asking for a prediction\" and \"Sending a correction\" (runs/sample.png is "
               "a test digit)", flush=True)
         try:
@@ -213,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder of the demo model")
     _add_serve_arguments(p)
     feedback_server.add_arguments(p.add_argument_group("feedback service"))
+    p.add_argument("--retrain-schedule", help='also run `abn retrain` on this cron schedule, e.g. "0 3 * * *"')
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("info", help="print a checkpoint's metadata")
