@@ -10,57 +10,22 @@ production, so that client and server do not share one interpreter lock.
 """
 
 import argparse
-import io
 import json
 import statistics
 import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from bench.load import measure, noise_pngs
 from serving.client import Client
 from serving.torchserve import free_port
 
 
-def images(n: int, size: int = 128) -> list[bytes]:
-    """Distinct noise PNGs of about 50 KB (noise does not compress)."""
-    rng = np.random.default_rng(0)
-    result = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
-        result.append(buf.getvalue())
-    return result
-
-
-def measure(client: Client, data: list[bytes], concurrency: int, requests: int, tag: str) -> dict:
+def submit(client: Client, data: list[bytes], tag: str):
     attention = np.random.default_rng(1).random((16, 16)).astype(np.float32)
-    latencies, lock, counter = [], threading.Lock(), iter(range(requests))
-
-    def worker():
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t = time.perf_counter()
-            client.submit_feedback(data[i % len(data)], attention, label="3", idempotency_key=f"{tag}-{i}")
-            with lock:
-                latencies.append(time.perf_counter() - t)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for f in [pool.submit(worker) for _ in range(concurrency)]:
-            f.result()
-    wall = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100)
-    return {"concurrency": concurrency, "requests": requests, "per_second": requests / wall,
-            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * q[98]}
+    return lambda i: client.submit_feedback(data[i % len(data)], attention, label="3", idempotency_key=f"{tag}-{i}")
 
 
 def main() -> None:
@@ -80,11 +45,11 @@ def main() -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         print(server.stdout.readline().decode().strip())
-        data = images(256)
+        data = noise_pngs(256, 128)
         print(f"image size: {statistics.mean(map(len, data)) / 1024:.1f} KB on average")
         client = Client(feedback_target=f"127.0.0.1:{port}", feedback_token_file=out / "token")
-        measure(client, data, 4, 100, "warmup")
-        results = [measure(client, data, c, args.requests, f"c{c}") for c in args.concurrency]
+        measure(submit(client, data, "warmup"), 4, 100)
+        results = [measure(submit(client, data, f"c{c}"), c, args.requests) for c in args.concurrency]
         client.close()
     finally:
         server.terminate()

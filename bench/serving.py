@@ -12,19 +12,14 @@ not depend on them). Prints a table and writes serving.json into --out.
 """
 
 import argparse
-import io
 import json
-import statistics
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from bench.load import measure, noise_pngs
 from finetune import checkpoint, onnx_export
 from finetune.images import image_tensor, normalize, open_image
 from finetune.model import create_model
@@ -46,16 +41,6 @@ def make_checkpoint(arch: str, size: int, out: Path) -> Path:
     return path
 
 
-def images(size: int, n: int = 64) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    result = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
-        result.append(buf.getvalue())
-    return result
-
-
 def in_process(backend, meta: dict):
     size, mean, std = tuple(meta["input_size"]), meta["mean"], meta["std"]
     h, w = meta["map_size"]
@@ -65,32 +50,6 @@ def in_process(backend, meta: dict):
         x = normalize(image_tensor(open_image(image), size)[None], mean, std).numpy()
         return backend.run(x, maps, supplied)
     return call
-
-
-def measure(call, data: list[bytes], concurrency: int, requests: int, warmup: int) -> dict:
-    for i in range(warmup):
-        call(data[i % len(data)])
-    latencies, lock, counter = [], threading.Lock(), iter(range(requests))
-
-    def worker():
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t = time.perf_counter()
-            call(data[i % len(data)])
-            with lock:
-                latencies.append(time.perf_counter() - t)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for f in [pool.submit(worker) for _ in range(concurrency)]:
-            f.result()
-    wall = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100)
-    return {"p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * q[94],
-            "throughput_per_s": requests / wall, "requests": requests}
 
 
 def main() -> None:
@@ -119,7 +78,7 @@ def main() -> None:
         client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
                         management_target=cfg.management_target)
         for (arch, size), requests in zip(MODELS.items(), args.requests):
-            meta, data = metas[arch], images(size)
+            meta, data = metas[arch], noise_pngs(64, size)
             onnx_path = out / f"{arch}.onnx"
             model, _ = checkpoint.load(out / f"{arch}.pt")
             onnx_export.export(model, meta, onnx_path)
@@ -130,10 +89,10 @@ def main() -> None:
             }
             for c in args.concurrency:
                 for name, call in tqdm(calls.items(), desc=f"{arch} concurrency {c}", leave=False):
-                    r = measure(call, data, c, requests, warmup=max(10, c))
-                    results.append({"model": arch, "input": size, "path": name, "concurrency": c, **r})
+                    r = measure(lambda i, call=call: call(data[i % len(data)]), c, requests, warmup=max(10, c))
+                    results.append({"model": arch, "input": size, "path": name, **r})
                     print(f"{arch:>13} {name:>16} c={c:<3} p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms  "
-                          f"{r['throughput_per_s']:8.1f}/s", flush=True)
+                          f"{r['per_second']:8.1f}/s", flush=True)
         client.close()
 
     def cell(arch, path, c):
@@ -146,12 +105,12 @@ def main() -> None:
             "torchserve_p50_over_onnxruntime_p50_at_c1":
                 cell(arch, "torchserve-grpc", c1)["p50_ms"] / cell(arch, "onnxruntime", c1)["p50_ms"],
             **{f"onnxruntime_over_eager_throughput_at_c{c}":
-               cell(arch, "onnxruntime", c)["throughput_per_s"] / cell(arch, "pytorch-eager", c)["throughput_per_s"]
+               cell(arch, "onnxruntime", c)["per_second"] / cell(arch, "pytorch-eager", c)["per_second"]
                for c in args.concurrency},
         }
     lines = [f"{'model':>13} {'path':>16} {'conc':>5} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}"]
     lines += [f"{r['model']:>13} {r['path']:>16} {r['concurrency']:>5} {r['p50_ms']:>9.2f} {r['p95_ms']:>9.2f} "
-              f"{r['throughput_per_s']:>8.1f}" for r in results]
+              f"{r['per_second']:>8.1f}" for r in results]
     for arch, rs in ratios.items():
         lines += [f"{arch}: {k} = {v:.2f}" for k, v in rs.items()]
     text = "\n".join(lines)

@@ -1,0 +1,50 @@
+"""What the benchmarks share: noise images, and a closed-loop load at a given concurrency."""
+
+import io
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+
+def noise_pngs(n: int, size: int) -> list[bytes]:
+    """Distinct RGB noise PNGs of size x size (noise does not compress: 128 px is about 50 KB)."""
+    rng = np.random.default_rng(0)
+    result = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+        result.append(buf.getvalue())
+    return result
+
+
+def measure(call: Callable[[int], object], concurrency: int, requests: int, warmup: int = 0) -> dict:
+    """`requests` calls of call(i), i = 0, 1, ..., from `concurrency` threads, each sending its next request
+    when its last one is answered: p50, p95 and p99 latency in ms, and requests per second."""
+    for i in range(warmup):
+        call(-1 - i)
+    latencies, lock, counter = [], threading.Lock(), iter(range(requests))
+
+    def worker():
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t = time.perf_counter()
+            call(i)
+            with lock:
+                latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {"concurrency": concurrency, "requests": requests, "per_second": requests / wall,
+            "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * q[94], "p99_ms": 1000 * q[98]}
