@@ -13,7 +13,7 @@ from PIL import Image
 from finetune import checkpoint, data, decoy_digits, knowledge, retrain, train
 from finetune.data import DataError
 from finetune.evaluate import evaluate
-from serving import feedback_server, package
+from serving import demo, feedback_server, package
 from serving.feedback_store import export_folder, open_store
 from serving.torchserve import ServeConfig, TorchServe
 
@@ -131,6 +131,10 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
         retrain.run_once(args)
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    demo.run(args)
+
+
 def _cmd_feedback_serve(args: argparse.Namespace) -> None:
     server, store = _start_feedback(args, args.checkpoint)
     try:
@@ -199,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_arguments(p)
     p.add_argument("--models", nargs="+", default=["abn=abn.v1.mar"], help="NAME=ARCHIVE pairs to load")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="the whole loop on built-in data: train, serve, correct, retrain, compare",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_arguments(p)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("retrain", help="fine-tune the served model on pending feedback and promote it",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
