@@ -61,6 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     knowledge.add_arguments(parser)
 
 
+def for_services(cfg, **options) -> argparse.Namespace:
+    """The job's arguments, at their defaults, aimed at the TorchServe of cfg (a serving.torchserve.ServeConfig);
+    options override any of them by attribute name, e.g. store="runs/feedback.db"."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    args.__dict__.update(model_store=str(cfg.model_store), key_file=str(cfg.key_file), inference=cfg.inference_target,
+                         management=cfg.management_target, management_url=cfg.http_management_url, **options)
+    return args
+
+
 def _feedback_set(items: list, meta: dict) -> TensorSet:
     size = tuple(meta["input_size"])
     images = torch.stack([image_tensor(open_image(i.image), size) for i in items])

@@ -76,23 +76,25 @@ def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: 
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def _resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the defaults that depend on other arguments, and take a saved run's arguments on --resume."""
+def _resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, dict | None]:
+    """Fill the defaults that depend on other arguments; on --resume, the saved state, whose run arguments
+    replace the given ones (all but --epochs)."""
     out = Path(args.out)
     state_path = out / "train_state.pt"
     if state_path.exists() and not args.resume:
         raise SystemExit(f"{out} holds a training run already: pass --resume to continue it, or choose another --out")
+    state = None
     if args.resume and state_path.exists():
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)["args"]
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         for k in RUN_ARGS:
-            setattr(args, k, saved[k])
+            setattr(args, k, state["args"][k])
     args.input_size = args.input_size or DEFAULT_INPUT_SIZE[args.arch]
     args.lr = args.lr or DEFAULT_LR[args.optimizer]
-    return args
+    return args, state
 
 
 def train(args: argparse.Namespace) -> dict:
-    args = _resolve(args)
+    args, state = _resolve(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -102,8 +104,7 @@ def train(args: argparse.Namespace) -> dict:
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     history, start = [], 0
     state_path = out / "train_state.pt"
-    if args.resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"]

@@ -18,10 +18,6 @@ from serving.feedback_store import export_folder, open_store
 from serving.torchserve import ServeConfig, TorchServe
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
-    train.train(args)
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     model, meta = checkpoint.load(args.checkpoint)
     size = tuple(meta["input_size"])
@@ -31,10 +27,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         dataset = data.ImageFolder(args.data, size, args.maps, classes=meta["classes"])
     result = evaluate(model, dataset, meta["mean"], meta["std"])
     print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "split": args.split, **result}, indent=2))
-
-
-def _cmd_finetune(args: argparse.Namespace) -> None:
-    knowledge.run(args)
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
@@ -89,12 +81,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 def _start_retrain_schedule(args: argparse.Namespace, cfg: ServeConfig, model: str) -> None:
     """The retraining job on its schedule, in the background of the main job, against its services."""
-    parser = argparse.ArgumentParser()
-    retrain.add_arguments(parser)
-    job = parser.parse_args(["--model", model, "--store", args.store, "--model-store", str(cfg.model_store),
-                             "--key-file", str(cfg.key_file), "--inference", cfg.inference_target,
-                             "--management", cfg.management_target, "--management-url", cfg.http_management_url,
-                             "--schedule", args.retrain_schedule])
+    job = retrain.for_services(cfg, model=model, store=args.store, schedule=args.retrain_schedule)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the thread inherits it: only the main thread waits
     threading.Thread(target=retrain.run_on_schedule, args=(job,), daemon=True).start()
 
@@ -129,10 +116,6 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
         retrain.run_on_schedule(args)
     else:
         retrain.run_once(args)
-
-
-def _cmd_demo(args: argparse.Namespace) -> None:
-    demo.run(args)
 
 
 def _cmd_feedback_serve(args: argparse.Namespace) -> None:
@@ -172,86 +155,60 @@ def _cmd_export_data(args: argparse.Namespace) -> None:
     print(json.dumps(data.export(args, args.split, args.out), indent=2))
 
 
+def _command(sub, name: str, help: str, func, add_arguments=None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if add_arguments:
+        add_arguments(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-
-    p = sub.add_parser("train", help="train a model from scratch",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_arguments(p)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="accuracy of a checkpoint on a data set",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _command(sub, "train", "train a model from scratch", train.train, train.add_arguments)
+    p = _command(sub, "evaluate", "accuracy of a checkpoint on a data set", _cmd_evaluate)
     p.add_argument("checkpoint")
     data.add_arguments(p)
     p.add_argument("--split", choices=decoy_digits.SPLITS, default="test", help="split of a built-in set")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("finetune", help="fine-tune a checkpoint on corrected attention maps",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    knowledge.add_command_arguments(p)
-    p.set_defaults(func=_cmd_finetune)
-
-    p = sub.add_parser("package", help="build a TorchServe archive (.mar) from a checkpoint",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    package.add_arguments(p)
-    p.set_defaults(func=_cmd_package)
-
-    p = sub.add_parser("serve", help="run TorchServe with archives from the model store",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_serve_arguments(p)
+    _command(sub, "finetune", "fine-tune a checkpoint on corrected attention maps", knowledge.run,
+             knowledge.add_command_arguments)
+    _command(sub, "package", "build a TorchServe archive (.mar) from a checkpoint", _cmd_package,
+             package.add_arguments)
+    p = _command(sub, "serve", "run TorchServe with archives from the model store", _cmd_serve,
+                 _add_serve_arguments)
     p.add_argument("--models", nargs="+", default=["abn=abn.v1.mar"], help="NAME=ARCHIVE pairs to load")
-    p.set_defaults(func=_cmd_serve)
+    _command(sub, "demo", "the whole loop on built-in data: train, serve, correct, retrain, compare", demo.run,
+             demo.add_arguments)
+    _command(sub, "retrain", "fine-tune the served model on pending feedback and promote it", _cmd_retrain,
+             retrain.add_arguments)
 
-    p = sub.add_parser("demo", help="the whole loop on built-in data: train, serve, correct, retrain, compare",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    demo.add_arguments(p)
-    p.set_defaults(func=_cmd_demo)
+    fsub = sub.add_parser("feedback", help="the feedback service and its store").add_subparsers(
+        dest="feedback_command", required=True, metavar="command")
+    p = _command(fsub, "serve", "run the feedback service", _cmd_feedback_serve, feedback_server.add_arguments)
+    p.add_argument("--checkpoint", nargs="*", default=[],
+                   help="checkpoints of the served models: labels are checked against their classes")
+    for name, help, func in (("stats", "counts of stored corrections by state, label and model version",
+                              _cmd_feedback_stats),
+                             ("export", "write corrections as an image folder plus a maps folder",
+                              _cmd_feedback_export)):
+        p = _command(fsub, name, help, func)
+        p.add_argument("--store", default="runs/feedback.db")
+        p.add_argument("--model", default="", help="only this model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--state", choices=("pending", "consumed", "all"), default="all")
 
-    p = sub.add_parser("retrain", help="fine-tune the served model on pending feedback and promote it",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    retrain.add_arguments(p)
-    p.set_defaults(func=_cmd_retrain)
-
-    p = sub.add_parser("feedback", help="the feedback service and its store")
-    fsub = p.add_subparsers(dest="feedback_command", required=True, metavar="command")
-    fp = fsub.add_parser("serve", help="run the feedback service", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    feedback_server.add_arguments(fp)
-    fp.add_argument("--checkpoint", nargs="*", default=[],
-                    help="checkpoints of the served models: labels are checked against their classes")
-    fp.set_defaults(func=_cmd_feedback_serve)
-    fp = fsub.add_parser("stats", help="counts of stored corrections by state, label and model version",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    fp.add_argument("--store", default="runs/feedback.db")
-    fp.add_argument("--model", default="", help="only this model")
-    fp.set_defaults(func=_cmd_feedback_stats)
-    fp = fsub.add_parser("export", help="write corrections as an image folder plus a maps folder",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    fp.add_argument("--store", default="runs/feedback.db")
-    fp.add_argument("--out", required=True)
-    fp.add_argument("--state", choices=("pending", "consumed", "all"), default="all")
-    fp.add_argument("--model", default="", help="only this model")
-    fp.set_defaults(func=_cmd_feedback_export)
-
-    p = sub.add_parser("up", help="the main job on embedded defaults: train the demo model, archive it, serve it",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _command(sub, "up", "the main job on embedded defaults: train the demo model, archive it, serve it",
+                 _cmd_up, _add_serve_arguments)
     p.add_argument("--out", default="runs/demo", help="folder of the demo model")
-    _add_serve_arguments(p)
     feedback_server.add_arguments(p.add_argument_group("feedback service"))
     p.add_argument("--retrain-schedule", help='also run `abn retrain` on this cron schedule, e.g. "0 3 * * *"')
-    p.set_defaults(func=_cmd_up)
-
-    p = sub.add_parser("info", help="print a checkpoint's metadata")
+    p = _command(sub, "info", "print a checkpoint's metadata", _cmd_info)
     p.add_argument("checkpoint")
-    p.set_defaults(func=_cmd_info)
-
-    p = sub.add_parser("export-data", help="write a built-in set as an image folder plus a maps folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data.add_arguments(p)
+    p = _command(sub, "export-data", "write a built-in set as an image folder plus a maps folder", _cmd_export_data,
+                 data.add_arguments)
     p.add_argument("--split", choices=decoy_digits.SPLITS, default="train")
     p.add_argument("--out", required=True, help="folder to write images/ and maps/ into")
-    p.set_defaults(func=_cmd_export_data)
     return parser
 
 

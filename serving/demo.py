@@ -98,12 +98,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"4. a simulated expert looked at {looked} training images and corrected the {sent} whose "
               "attention lay mostly off the digit")
 
-        parser = argparse.ArgumentParser()
-        retrain.add_arguments(parser)
-        job = parser.parse_args(["--store", str(db), "--model-store", str(store_dir), "--workdir", str(out / "retrain"),
-                                 "--key-file", str(cfg.key_file), "--inference", cfg.inference_target,
-                                 "--management", cfg.management_target, "--management-url",
-                                 cfg.http_management_url])
+        job = retrain.for_services(cfg, store=str(db), workdir=str(out / "retrain"))
         t = time.time()
         report = retrain.run_once(job)
         retrain_seconds = time.time() - t

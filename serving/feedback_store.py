@@ -192,8 +192,9 @@ class SQLiteStore(FeedbackStore):
         data = ", i.data, f.map_values" if with_data else ""
         query = (f"SELECT {self._COLUMNS}{data} FROM feedback f JOIN images i ON i.sha256 = f.image_sha256 "
                  f"WHERE {' AND '.join(where)} ORDER BY f.seq")
+        n = self._COLUMNS.count(",") + 1
         for row in self._db().execute(query, args):
-            yield self._item(row[:13], row[13:] if with_data else None)
+            yield self._item(row[:n], row[n:] if with_data else None)
 
     def stats(self, model_name: str = "") -> dict:
         where, args = ("WHERE model_name = ?", [model_name]) if model_name else ("", [])

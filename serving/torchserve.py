@@ -128,18 +128,18 @@ class TorchServe:
 
     def wait_ready(self, timeout: float) -> None:
         """Until every configured model has a worker that answers, or raise with the log's tail."""
-        from serving.client import Client  # the client needs the key file, written at start
+        from serving.client import Client  # the client module imports this one
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"TorchServe exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.cfg.key_file.exists():
-                with Client(self.cfg.inference_target, self.cfg.key_file, self.cfg.http_management_url,
-                            management_target=self.cfg.management_target) as client:
-                    if client.ping() and all(client.model_ready(name) for name in self.cfg.models):
-                        return
-            time.sleep(0.5)
+        with Client(self.cfg.inference_target, self.cfg.key_file, self.cfg.http_management_url,
+                    management_target=self.cfg.management_target) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"TorchServe exited with {self.process.returncode}:\n{self.log_tail()}")
+                # ping and model_ready answer False until the key file is written and the workers are up
+                if client.ping() and all(client.model_ready(name) for name in self.cfg.models):
+                    return
+                time.sleep(0.5)
         raise TimeoutError(f"TorchServe did not answer within {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:

@@ -44,12 +44,8 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
                         management_target=cfg.management_target, feedback_target=f"127.0.0.1:{port}",
                         feedback_token_file=tmp_path / "token")
-        args = argparse.ArgumentParser()
-        retrain.add_arguments(args)
-        args = args.parse_args(["--store", str(tmp_path / "feedback.db"), "--model-store", str(tmp_path / "store"),
-                                "--workdir", str(tmp_path / "retrain"), "--key-file", str(cfg.key_file),
-                                "--inference", cfg.inference_target, "--management", cfg.management_target,
-                                "--management-url", cfg.http_management_url, "--min-feedback", "20"])
+        args = retrain.for_services(cfg, store=str(tmp_path / "feedback.db"), workdir=str(tmp_path / "retrain"),
+                                    min_feedback=20)
 
         def run_with(**changes):
             return retrain.run_once(argparse.Namespace(**{**vars(args), **changes}))
