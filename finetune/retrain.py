@@ -34,6 +34,7 @@ from finetune.data import TensorSet
 from finetune.evaluate import evaluate, predict
 from finetune.images import image_tensor, open_image, resize_map
 from finetune.visualize import map_rows
+from serving import client, package, settings
 
 STEPS = ("snapshot", "finetune", "evaluate", "package", "register", "set_default", "live_check", "consume")
 
@@ -45,13 +46,10 @@ class StepFailure(RuntimeError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("retraining")
     g.add_argument("--model", default="abn", help="served model name")
-    g.add_argument("--store", default="runs/feedback.db", help="feedback store")
+    settings.add_store_argument(g)
     g.add_argument("--model-store", default="runs/model_store", help="TorchServe's model store")
     g.add_argument("--workdir", default="runs/retrain", help="lock, run folders and reports")
-    g.add_argument("--key-file", default="runs/serve/key_file.json", help="TorchServe's key file")
-    g.add_argument("--inference", default="127.0.0.1:7070", help="TorchServe gRPC inference address")
-    g.add_argument("--management", default="127.0.0.1:7071", help="TorchServe gRPC management address")
-    g.add_argument("--management-url", default="http://127.0.0.1:8081", help="TorchServe HTTP management (tokens)")
+    client.add_arguments(g)
     g.add_argument("--min-feedback", type=int, default=20, help="fewest pending corrections worth a run")
     g.add_argument("--holdout", type=float, default=0.2, help="share of the feedback kept back to check")
     g.add_argument("--max-drop", type=float, default=0.05,
@@ -63,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def for_services(cfg, **options) -> argparse.Namespace:
     """The job's arguments, at their defaults, aimed at the TorchServe of cfg (a serving.torchserve.ServeConfig);
-    options override any of them by attribute name, e.g. store="runs/feedback.db"."""
+    options override any of them by attribute name, e.g. store="runs/other.db"."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args([])
@@ -98,7 +96,6 @@ def _own_data(meta: dict) -> tuple[TensorSet | None, TensorSet | None]:
 
 class Retrain:
     def __init__(self, args: argparse.Namespace):
-        from serving.client import Client  # serving imports finetune: import it where it is used
         from serving.feedback_store import open_store
 
         self.args = args
@@ -108,7 +105,7 @@ class Retrain:
         self.id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.folder = self.workdir / self.id
         self.store = open_store(args.store)
-        self.client = Client(args.inference, args.key_file, args.management_url, model=args.model,
+        self.client = client.Client(args.inference, args.key_file, args.management_url, model=args.model,
                              management_target=args.management)
         self.report: dict = {"run": self.id, "model": args.model, "steps": [], "outcome": None}
 
@@ -121,7 +118,8 @@ class Retrain:
     def served(self) -> tuple[dict, bytes]:
         """The default version's description and its checkpoint's bytes, read out of its archive."""
         description = self.client.describe(self.args.model)[0]
-        with zipfile.ZipFile(Path(self.args.model_store) / description["modelUrl"]) as z:
+        self.served_archive = Path(self.args.model_store) / description["modelUrl"]
+        with zipfile.ZipFile(self.served_archive) as z:
             return description, z.read("checkpoint.pt")
 
     def run(self) -> dict:
@@ -169,12 +167,12 @@ class Retrain:
             return self._write()
 
         self.step("package")
-        from serving import package
-
         new_meta = checkpoint.next_version(meta, {"parent": meta["trained_on"], "finetuned_on": {
             "feedback": len(tune), "run": self.id, "config": asdict(cfg)}})
         checkpoint.save(self.folder / "checkpoint.pt", model, new_meta)
-        mar = package.build(self.folder / "checkpoint.pt", self.args.model_store, name=self.args.model)
+        # served as version N is: same backend, batching and workers
+        mar = package.build(self.folder / "checkpoint.pt", self.args.model_store, name=self.args.model,
+                            **package.settings_of(self.served_archive))
         pending = {"run": self.id, "archive": mar.name, "version": str(new_meta["version"]),
                    "feedback": [i.id for i in items], "report": self.report}
         self.pending_path.write_text(json.dumps(pending, indent=2) + "\n")
@@ -203,6 +201,7 @@ class Retrain:
             self.client.set_default(self.args.model, self.report["served_version"])  # version N serves again
             raise
         self.report.update(outcome="promoted", promoted_version=pending["version"], consumed=consumed)
+        package.record_served(self.args.model_store, self.args.model, pending["archive"])
         self.pending_path.unlink()
         print(f"retrain: version {pending['version']} of {self.args.model} is the default; "
               f"{consumed} corrections consumed")

@@ -13,8 +13,8 @@ from PIL import Image
 from finetune import checkpoint, data, decoy_digits, knowledge, retrain, train
 from finetune.data import DataError
 from finetune.evaluate import evaluate
-from serving import demo, feedback_server, package
-from serving.feedback_store import export_folder, open_store
+from serving import client, demo, feedback_server, package, settings
+from serving.feedback_store import SQLiteStore, copy_store, export_folder, open_store
 from serving.torchserve import ServeConfig, TorchServe
 
 
@@ -35,9 +35,19 @@ def _cmd_package(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _check_listen(args: argparse.Namespace) -> None:
+    """Before anything starts: the addresses the command would listen on are allowed."""
+    if "host" in args:
+        settings.check_host(args.host, "TorchServe")
+    if "address" in args:
+        settings.check_host(args.address.rsplit(":", 1)[0], "the feedback service", token_off=args.no_token)
+
+
 def _serve_config(args: argparse.Namespace, models: dict[str, str]) -> ServeConfig:
     return ServeConfig(workdir=Path(args.workdir), model_store=Path(args.model_store), models=models,
-                       host=args.host, grpc_inference_port=args.port, grpc_management_port=args.management_port)
+                       host=args.host, grpc_inference_port=args.port, grpc_management_port=args.management_port,
+                       http_inference_port=args.http_port, http_management_port=args.http_management_port,
+                       metrics_port=args.metrics_port, token_expiration_min=args.token_expiration_min)
 
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -68,11 +78,13 @@ def _stop_feedback(server, store) -> None:
 
 
 def _announce(cfg: ServeConfig) -> None:
-    print(f"TorchServe answers gRPC on {cfg.inference_target} (inference) and {cfg.management_target} "
-          f"(management); tokens in {cfg.key_file}; logs in {cfg.workdir / 'logs'}", flush=True)
+    print(f"TorchServe answers gRPC on {cfg.host}:{cfg.grpc_inference_port} (inference) and "
+          f"{cfg.host}:{cfg.grpc_management_port} (management), Prometheus metrics on {cfg.host}:{cfg.metrics_port}; "
+          f"tokens in {cfg.key_file}; logs in {cfg.workdir / 'logs'}", flush=True)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    _check_listen(args)
     cfg = _serve_config(args, dict(m.split("=", 1) for m in args.models))
     with TorchServe(cfg):
         _announce(cfg)
@@ -89,12 +101,14 @@ def _start_retrain_schedule(args: argparse.Namespace, cfg: ServeConfig, model: s
 def _cmd_up(args: argparse.Namespace) -> None:
     """The main job, on embedded defaults: train the demo model unless it is trained, archive it, and serve
     it beside the feedback service."""
-    train.train(train.default_args(out=args.out, resume=True))
+    _check_listen(args)
+    train.train(train.default_args(out=args.out, resume=True, epochs=args.epochs))
     ckpt = Path(args.out) / "checkpoint.pt"
     meta = checkpoint.read_metadata(ckpt)
     mar = Path(args.model_store) / package.archive_name(meta["name"], meta["version"])
     if not mar.exists() or mar.stat().st_mtime < ckpt.stat().st_mtime:
         package.build(ckpt, args.model_store)
+    mar = package.served_archive(args.model_store, meta["name"]) or mar  # what retraining promoted last
     sample = decoy_digits.build("test").images[0, 0]
     Image.fromarray((sample.numpy() * 255).round().astype("uint8")).save("runs/sample.png")
     cfg = _serve_config(args, {meta["name"]: mar.name})
@@ -119,6 +133,7 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_feedback_serve(args: argparse.Namespace) -> None:
+    _check_listen(args)
     server, store = _start_feedback(args, args.checkpoint)
     try:
         _wait_for_stop()
@@ -139,12 +154,65 @@ def _cmd_feedback_export(args: argparse.Namespace) -> None:
     store.close()
 
 
+def _cmd_feedback_copy(args: argparse.Namespace) -> None:
+    source, target = open_store(args.source), open_store(args.target)
+    try:
+        print(json.dumps(copy_store(source, target), indent=2))
+    finally:
+        source.close()
+        target.close()
+
+
+def _cmd_feedback_backup(args: argparse.Namespace) -> None:
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out} exists: a backup goes into a new file")
+    store = open_store(args.store)
+    try:
+        if not isinstance(store, SQLiteStore):
+            raise ValueError("backup copies a SQLite store; back up PostgreSQL with pg_dump")
+        store.backup(args.out)
+    finally:
+        store.close()
+    print(f"wrote {args.out}")
+
+
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-store", default="runs/model_store", help="folder of .mar archives")
     p.add_argument("--workdir", default="runs/serve", help="TorchServe's config, logs and key_file.json")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--host", default=settings.default_host(),
+                   help=f"address to listen on (beyond loopback only with {settings.LISTEN_ALL_ENV}=1)")
     p.add_argument("--port", type=int, default=7070, help="gRPC inference port")
     p.add_argument("--management-port", type=int, default=7071, help="gRPC management port")
+    p.add_argument("--http-port", type=int, default=8080, help="HTTP inference port")
+    p.add_argument("--http-management-port", type=int, default=8081, help="HTTP management port (token renewal)")
+    p.add_argument("--metrics-port", type=int, default=8082, help="Prometheus metrics port (/metrics)")
+    p.add_argument("--token-expiration-min", type=float, default=60.0,
+                   help="minutes TorchServe's inference and management keys live")
+
+
+def _cmd_health(args: argparse.Namespace) -> None:
+    """Exit 0 when TorchServe answers its ping (and the model has a ready worker, and the feedback service
+    answers SERVING, where asked); 1 otherwise. The container's HEALTHCHECK."""
+    with client.Client(args.inference, args.key_file, args.management_url, management_target=args.management,
+                       timeout=args.timeout, feedback_target=args.feedback or "127.0.0.1:0",
+                       feedback_ca=args.feedback_ca) as c:
+        checks = {"torchserve": c.ping()}
+        if args.model:
+            checks[f"model {args.model}"] = c.model_ready(args.model)
+        if args.feedback:
+            checks["feedback"] = c.feedback_serving()
+    print(json.dumps(checks))
+    if not all(checks.values()):
+        raise SystemExit(1)
+
+
+def _health_arguments(p: argparse.ArgumentParser) -> None:
+    client.add_arguments(p)
+    p.add_argument("--model", default="", help="also ask that this model has a ready worker")
+    p.add_argument("--feedback", default=f"127.0.0.1:{feedback_server.PORT}",
+                   help='the feedback service\'s address ("" to leave it out)')
+    p.add_argument("--feedback-ca", help="PEM certificate of the feedback service's CA, when it serves TLS")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per call")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -193,16 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
                              ("export", "write corrections as an image folder plus a maps folder",
                               _cmd_feedback_export)):
         p = _command(fsub, name, help, func)
-        p.add_argument("--store", default="runs/feedback.db")
+        settings.add_store_argument(p)
         p.add_argument("--model", default="", help="only this model")
     p.add_argument("--out", required=True)
     p.add_argument("--state", choices=("pending", "consumed", "all"), default="all")
+    p = _command(fsub, "copy", "copy every correction, as it is, from one store into another (e.g. to PostgreSQL); "
+                 "rerun after an interruption", _cmd_feedback_copy)
+    p.add_argument("--from", dest="source", required=True, help="store to read")
+    p.add_argument("--to", dest="target", required=True, help="store to write")
+    p = _command(fsub, "backup", "copy a SQLite store into a new file while the service runs", _cmd_feedback_backup)
+    settings.add_store_argument(p)
+    p.add_argument("--out", required=True, help="the new file")
 
     p = _command(sub, "up", "the main job on embedded defaults: train the demo model, archive it, serve it",
                  _cmd_up, _add_serve_arguments)
     p.add_argument("--out", default="runs/demo", help="folder of the demo model")
+    p.add_argument("--epochs", type=int, default=train.default_args().epochs,
+                   help="epochs of the demo model, when it is trained")
     feedback_server.add_arguments(p.add_argument_group("feedback service"))
     p.add_argument("--retrain-schedule", help='also run `abn retrain` on this cron schedule, e.g. "0 3 * * *"')
+    _command(sub, "health", "check that the services answer (exit status 0) or not (1)", _cmd_health,
+             _health_arguments)
     p = _command(sub, "info", "print a checkpoint's metadata", _cmd_info)
     p.add_argument("checkpoint")
     p = _command(sub, "export-data", "write a built-in set as an image folder plus a maps folder", _cmd_export_data,

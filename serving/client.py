@@ -25,6 +25,7 @@ import numpy as np
 from google.protobuf import empty_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving import wire
 from serving.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
@@ -61,6 +62,15 @@ def decode_prediction(data: bytes) -> Prediction:
     except DecodeError:
         pass
     raise PredictionError(status_pb2.Status.FromString(data))
+
+
+def add_arguments(parser) -> None:
+    """Where TorchServe is, for commands that call it."""
+    parser.add_argument("--key-file", default="runs/serve/key_file.json", help="TorchServe's key file")
+    parser.add_argument("--inference", default="127.0.0.1:7070", help="TorchServe gRPC inference address")
+    parser.add_argument("--management", default="127.0.0.1:7071", help="TorchServe gRPC management address")
+    parser.add_argument("--management-url", default="http://127.0.0.1:8081",
+                        help="TorchServe HTTP management (token renewal)")
 
 
 class Client:
@@ -139,6 +149,15 @@ class Client:
             return "Healthy" in self._call(self._inference.Ping, empty_pb2.Empty(), "inference").health
         except (grpc.RpcError, urllib.error.URLError, KeyError, OSError, ValueError):
             return False  # not up yet, or its key file half written
+
+    def feedback_serving(self) -> bool:
+        """True when the feedback service's standard health check answers SERVING."""
+        try:
+            answer = health_pb2_grpc.HealthStub(self._feedback_channel).Check(health_pb2.HealthCheckRequest(),
+                                                                               timeout=self.timeout)
+            return answer.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
 
     def describe(self, model: str | None = None, version: str = "") -> list[dict]:
         request = management_pb2.DescribeModelRequest(model_name=model or self.model, model_version=version)

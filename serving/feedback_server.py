@@ -20,11 +20,12 @@ from grpc_reflection.v1alpha import reflection
 
 from finetune import checkpoint
 from finetune.images import ImageError, check_aspect, open_image
-from serving import wire
+from serving import settings, wire
 from serving.feedback_store import ConflictError, FeedbackStore, Item, open_store
 from serving.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:7072"
+PORT = 7072
+DEFAULT_ADDRESS = f"127.0.0.1:{PORT}"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -177,8 +178,9 @@ def write_token(path: str | Path) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--store", default="runs/feedback.db", help="sqlite:///file.db or a file path")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS, help="host:port to listen on")
+    settings.add_store_argument(parser)
+    parser.add_argument("--address", default=f"{settings.default_host()}:{PORT}",
+                        help=f"host:port to listen on (beyond loopback only with {settings.LISTEN_ALL_ENV}=1)")
     parser.add_argument("--token-file", default="runs/feedback_token",
                         help="bearer token file (created, owner-only, when absent)")
     parser.add_argument("--no-token", action="store_true", help="accept calls without a token")

@@ -1,12 +1,15 @@
 """The feedback store: corrected maps, durable once accepted.
 
-One interface (FeedbackStore); the embedded default is a SQLite file in WAL
-mode with synchronous=FULL, so a submission whose transaction committed
-survives a crash of the process or the machine. Images are stored once, keyed
-by SHA-256. The schema is versioned (PRAGMA user_version) and migrated on open.
-Each item records which retraining run consumed it.
+One interface (FeedbackStore), chosen by URL (open_store): the embedded default
+is a SQLite file in WAL mode with synchronous=FULL, so a submission whose
+transaction committed survives a crash of the process or the machine;
+postgresql://... puts the same store in a PostgreSQL database. Images are stored
+once, keyed by SHA-256. The schema is versioned (SQLite's PRAGMA user_version,
+PostgreSQL's abn_schema table) and migrated on open. Each item records which
+retraining run consumed it. copy_store moves the items of one store to another.
 """
 
+import dataclasses
 import hashlib
 import io
 import sqlite3
@@ -15,38 +18,46 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psycopg
 from PIL import Image
+from tqdm import tqdm
 
-# Each entry moves the schema from version i to i + 1.
-MIGRATIONS = [
+# Each entry moves the schema from version i to i + 1. It is written once for both databases, so a version
+# means the same tables in both; {seq}, {blob} and {real} are the column types that differ.
+_MIGRATIONS = [
     """
-    CREATE TABLE images (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
+    CREATE TABLE images (sha256 TEXT PRIMARY KEY, data {blob} NOT NULL);
     CREATE TABLE feedback (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq {seq},
         id TEXT NOT NULL UNIQUE,
         idempotency_key TEXT UNIQUE,
         image_sha256 TEXT NOT NULL REFERENCES images(sha256),
         map_height INTEGER NOT NULL,
         map_width INTEGER NOT NULL,
-        map_values BLOB NOT NULL,
+        map_values {blob} NOT NULL,
         label TEXT NOT NULL DEFAULT '',
         predicted_label TEXT NOT NULL DEFAULT '',
         prediction_id TEXT NOT NULL DEFAULT '',
         model_name TEXT NOT NULL DEFAULT '',
         model_version TEXT NOT NULL DEFAULT '',
         author TEXT NOT NULL DEFAULT '',
-        created REAL NOT NULL,
+        created {real} NOT NULL,
         consumed_by TEXT
     );
     CREATE INDEX feedback_model ON feedback(model_name, consumed_by);
     CREATE INDEX feedback_created ON feedback(created);
     """,
 ]
+MIGRATIONS = [m.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL") for m in _MIGRATIONS]
+POSTGRES_MIGRATIONS = [m.format(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", blob="BYTEA",
+                                real="DOUBLE PRECISION") for m in _MIGRATIONS]
 SCHEMA_VERSION = len(MIGRATIONS)
+_SCHEMA_LOCK = 0x61626E  # PostgreSQL advisory lock id ("abn") that serialises migrations
 
 
 class ConflictError(ValueError):
@@ -94,77 +105,85 @@ class FeedbackStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def _insert(self, item: Item) -> tuple[str, bool]:
+        """For copy_store: store item as it is, keeping its id, created time and consumed_by; (id, created) as
+        submit answers, and (item.id, False) when that id is stored already."""
 
-class SQLiteStore(FeedbackStore):
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._migrate()
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # OK means on disk, not only in the OS's cache
-            db.execute("PRAGMA foreign_keys=ON")
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
-        return db
+def _check_version(version: int, where: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"feedback store {where} has schema version {version}, newer than this "
+                           f"program's {SCHEMA_VERSION}: upgrade the program")
 
-    def _migrate(self) -> None:
-        db = self._db()
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"feedback store {self.path} has schema version {version}, newer than this "
-                               f"program's {SCHEMA_VERSION}: upgrade the program")
-        for v in range(version, SCHEMA_VERSION):
-            try:  # one transaction per step: a failed migration leaves the previous version intact
-                db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version={v + 1}; COMMIT;")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
 
-    def submit(self, item: Item) -> tuple[str, bool]:
-        sha = hashlib.sha256(item.image).hexdigest()
-        values = np.ascontiguousarray(item.attention, dtype="<f4")
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if item.idempotency_key:
-                row = db.execute("SELECT id, image_sha256 FROM feedback WHERE idempotency_key = ?",
-                                 (item.idempotency_key,)).fetchone()
-                if row:
-                    db.execute("ROLLBACK")
-                    if row[1] != sha:
-                        raise ConflictError(f"idempotency_key {item.idempotency_key!r} was used for another "
-                                            f"submission ({row[0]}) with a different image")
-                    return row[0], False
-            feedback_id = uuid.uuid4().hex
-            db.execute("INSERT OR IGNORE INTO images (sha256, data) VALUES (?, ?)", (sha, item.image))
-            db.execute(
-                "INSERT INTO feedback (id, idempotency_key, image_sha256, map_height, map_width, map_values, label,"
-                " predicted_label, prediction_id, model_name, model_version, author, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (feedback_id, item.idempotency_key or None, sha, values.shape[0], values.shape[1], values.tobytes(),
-                 item.label, item.predicted_label, item.prediction_id, item.model_name, item.model_version,
-                 item.author, time.time()))
-            db.execute("COMMIT")
-        except ConflictError:
-            raise
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return feedback_id, True
+class _SQLStore(FeedbackStore):
+    """What the SQLite and PostgreSQL stores share: a connection per thread, and every query but the
+    migrations, written once with SQLite's ? placeholders."""
 
     _COLUMNS = ("f.id, f.idempotency_key, f.image_sha256, f.map_height, f.map_width, f.label, f.predicted_label, "
                 "f.prediction_id, f.model_name, f.model_version, f.author, f.created, f.consumed_by")
+    _PAGE = 200  # items() reads this many rows per query
+
+    def __init__(self):
+        self._local = threading.local()
+        self._connections: list[tuple[threading.Thread, object]] = []
+        self._lock = threading.Lock()
+
+    @abstractmethod
+    def _connect(self):
+        """A new connection that commits each statement unless in _transaction()."""
+
+    @abstractmethod
+    def _execute(self, sql: str, args=()):
+        """A cursor over the result of sql on this thread's connection."""
+
+    @abstractmethod
+    def _transaction(self):
+        """A context manager: the statements in it commit together, or not at all."""
+
+    def _db(self):
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(db, "closed", False):  # psycopg marks a connection the server dropped closed
+            db = self._connect()
+            self._local.db = db
+            me = threading.current_thread()
+            with self._lock:  # close what ended threads (or this one's dropped connection) left, so none pile up
+                for thread, old in self._connections:
+                    if thread is me or not thread.is_alive():
+                        old.close()
+                self._connections = [(t, c) for t, c in self._connections if t is not me and t.is_alive()]
+                self._connections.append((me, db))
+        return db
+
+    def submit(self, item: Item) -> tuple[str, bool]:
+        return self._insert(dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None))
+
+    def _insert(self, item: Item) -> tuple[str, bool]:
+        sha = hashlib.sha256(item.image).hexdigest()
+        values = np.ascontiguousarray(item.attention, dtype="<f4")
+        key = item.idempotency_key or None
+        with self._transaction():
+            self._execute("INSERT INTO images (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", (sha, item.image))
+            # DO NOTHING when the key (or id) is taken, rather than an error: with PostgreSQL, a concurrent
+            # submission with the same key waits here for the first to commit, then the lookup below finds it.
+            inserted = self._execute(
+                "INSERT INTO feedback (id, idempotency_key, image_sha256, map_height, map_width, map_values, label,"
+                " predicted_label, prediction_id, model_name, model_version, author, created, consumed_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+                (item.id, key, sha, values.shape[0], values.shape[1], values.tobytes(), item.label,
+                 item.predicted_label, item.prediction_id, item.model_name, item.model_version, item.author,
+                 item.created, item.consumed_by)).fetchall()
+            if inserted:
+                return item.id, True
+            stored = key and self._execute("SELECT id, image_sha256 FROM feedback WHERE idempotency_key = ?",
+                                           (key,)).fetchone()
+            if not stored:  # it is the id that is taken: this very item is stored already
+                return item.id, False
+            if stored[1] != sha:  # raised inside the transaction, so the image inserted above goes too
+                raise ConflictError(f"idempotency_key {key!r} was used for another submission ({stored[0]}) "
+                                    "with a different image")
+            return stored[0], False
 
     def _item(self, row: tuple, data: tuple | None) -> Item:
         (fid, key, sha, h, w, label, predicted, pid, model, version, author, created, consumed) = row
@@ -176,69 +195,188 @@ class SQLiteStore(FeedbackStore):
                     image_sha256=sha, created=created, consumed_by=consumed)
 
     def get(self, feedback_id: str) -> Item | None:
-        row = self._db().execute(f"SELECT {self._COLUMNS}, i.data, f.map_values FROM feedback f "
-                                 "JOIN images i ON i.sha256 = f.image_sha256 WHERE f.id = ?",
-                                 (feedback_id,)).fetchone()
+        row = self._execute(f"SELECT {self._COLUMNS}, i.data, f.map_values FROM feedback f "
+                            "JOIN images i ON i.sha256 = f.image_sha256 WHERE f.id = ?", (feedback_id,)).fetchone()
         return None if row is None else self._item(row[:-2], row[-2:])
 
     def items(self, since: float = 0.0, consumed: bool | None = None, model_name: str = "",
              with_data: bool = True) -> Iterator[Item]:
-        where, args = ["f.created >= ?"], [since]
+        where, args = ["f.seq > ?", "f.created >= ?"], [since]
         if consumed is not None:
             where.append("f.consumed_by IS NOT NULL" if consumed else "f.consumed_by IS NULL")
         if model_name:
             where.append("f.model_name = ?")
             args.append(model_name)
         data = ", i.data, f.map_values" if with_data else ""
-        query = (f"SELECT {self._COLUMNS}{data} FROM feedback f JOIN images i ON i.sha256 = f.image_sha256 "
-                 f"WHERE {' AND '.join(where)} ORDER BY f.seq")
-        n = self._COLUMNS.count(",") + 1
-        for row in self._db().execute(query, args):
-            yield self._item(row[:n], row[n:] if with_data else None)
+        query = (f"SELECT f.seq, {self._COLUMNS}{data} FROM feedback f JOIN images i ON i.sha256 = f.image_sha256 "
+                 f"WHERE {' AND '.join(where)} ORDER BY f.seq LIMIT {self._PAGE}")
+        n = self._COLUMNS.count(",") + 2
+        last = 0
+        while True:  # a page per query, so no query stays open while the caller works (and uses the store)
+            rows = self._execute(query, [last, *args]).fetchall()
+            for row in rows:
+                yield self._item(row[1:n], row[n:] if with_data else None)
+            if len(rows) < self._PAGE:
+                return
+            last = rows[-1][0]
 
     def stats(self, model_name: str = "") -> dict:
         where, args = ("WHERE model_name = ?", [model_name]) if model_name else ("", [])
-        db = self._db()
 
-        def counts(expr: str) -> dict:
-            return dict(db.execute(f"SELECT {expr}, COUNT(*) FROM feedback {where} GROUP BY 1 ORDER BY 1", args))
+        def counts(expr: str) -> dict:  # sorted here: the databases' collations would order differently
+            return dict(sorted(self._execute(f"SELECT {expr}, COUNT(*) FROM feedback {where} GROUP BY 1", args)))
         return {
-            "total": db.execute(f"SELECT COUNT(*) FROM feedback {where}", args).fetchone()[0],
+            "total": self._execute(f"SELECT COUNT(*) FROM feedback {where}", args).fetchone()[0],
             "by_state": counts("CASE WHEN consumed_by IS NULL THEN 'pending' ELSE 'consumed' END"),
             "by_label": counts("CASE WHEN label != '' THEN label ELSE predicted_label END"),
             "by_model_version": counts("model_name || ':' || model_version"),
         }
 
     def mark_consumed(self, ids: list[str], run: str) -> int:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            n = sum(db.execute("UPDATE feedback SET consumed_by = ? WHERE id = ? AND consumed_by IS NULL",
-                               (run, i)).rowcount for i in ids)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return n
-
-    def integrity(self) -> str:
-        return self._db().execute("PRAGMA integrity_check").fetchone()[0]
+        with self._transaction():
+            return sum(self._execute("UPDATE feedback SET consumed_by = ? WHERE id = ? AND consumed_by IS NULL",
+                                     (run, i)).rowcount for i in ids)
 
     def close(self) -> None:
         with self._lock:
-            for db in self._connections:
+            for _, db in self._connections:
                 db.close()
             self._connections.clear()
         self._local = threading.local()
 
 
+class SQLiteStore(_SQLStore):
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # OK means on disk, not only in the OS's cache
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    def _execute(self, sql: str, args=()) -> sqlite3.Cursor:
+        return self._db().execute(sql, args)
+
+    @contextmanager
+    def _transaction(self):
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")  # writers queue here, so what a transaction reads stays true until it commits
+        try:
+            yield
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        # DDL is transactional here too: a failed migration leaves the previous version; and a second opener
+        # waits at BEGIN IMMEDIATE, then finds the schema current
+        with self._transaction():
+            version = self._execute("PRAGMA user_version").fetchone()[0]
+            _check_version(version, str(self.path))
+            for v in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[v].split(";"):
+                    if statement.strip():
+                        self._execute(statement)
+                self._execute(f"PRAGMA user_version={v + 1}")
+
+    def integrity(self) -> str:
+        return self._db().execute("PRAGMA integrity_check").fetchone()[0]
+
+    def backup(self, target: str | Path) -> None:
+        """A consistent copy of the whole database into the file target, while the service goes on writing
+        (SQLite's online backup)."""
+        with sqlite3.connect(target) as copy:
+            self._db().backup(copy)
+        copy.close()
+
+
+class PostgresStore(_SQLStore):
+    """The store in a PostgreSQL database: postgresql://user:password@host:port/database."""
+
+    CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout; libpq would wait forever
+
+    def __init__(self, url: str):
+        super().__init__()
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as e:
+            raise ValueError(f"bad PostgreSQL URL: {e}") from None
+        self._url = url
+        self._password = info.get("password")
+        self._where = (f"PostgreSQL database {info.get('dbname') or info.get('user') or '(default)'!r} at "
+                      f"{info.get('host') or 'the local socket'}:{info.get('port') or 5432}")
+        self._connect_args = {} if "connect_timeout" in info else {"connect_timeout": self.CONNECT_TIMEOUT}
+        self._migrate()
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self._url, autocommit=True, **self._connect_args)
+        except psycopg.OperationalError as e:
+            reason = str(e).strip().splitlines()[0]
+            if self._password:
+                reason = reason.replace(self._password, "***")
+            raise RuntimeError(f"cannot connect to {self._where}: {reason}") from None
+
+    def _execute(self, sql: str, args=()) -> psycopg.Cursor:
+        # psycopg's placeholder is %s (no query here has a literal ? or %); no arguments, no placeholders, so
+        # a migration can hold several statements
+        return self._db().execute(sql.replace("?", "%s"), args or None)
+
+    def _transaction(self):
+        return self._db().transaction()
+
+    def _migrate(self) -> None:
+        with self._transaction():  # DDL is transactional here: a failed migration leaves the previous version
+            # one opener migrates at a time; another waits here, then finds the schema current
+            self._execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+            self._execute("CREATE TABLE IF NOT EXISTS abn_schema (version INTEGER NOT NULL)")
+            row = self._execute("SELECT version FROM abn_schema").fetchone()
+            if row is None:
+                self._execute("INSERT INTO abn_schema VALUES (0)")
+            version = row[0] if row else 0
+            _check_version(version, self._where)
+            for v in range(version, SCHEMA_VERSION):
+                self._execute(POSTGRES_MIGRATIONS[v])
+                self._execute("UPDATE abn_schema SET version = ?", (v + 1,))
+
+
 def open_store(url: str) -> FeedbackStore:
-    """A store by URL: sqlite:///path/to/file.db, or a plain file path."""
+    """A store by URL: postgresql://user:password@host:port/database (or postgres://...),
+    sqlite:///path/to/file.db, or a plain file path (SQLite)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
     if url.startswith("sqlite:///"):
         return SQLiteStore(url[len("sqlite:///"):])
-    if "://" in url:
-        raise ValueError(f"unsupported feedback store {url!r}: use sqlite:///path/to/file.db")
+    if "://" in url:  # only the scheme is named: the rest may hold a password
+        raise ValueError(f"unsupported feedback store {url.split('://')[0]}://...: use sqlite:///path/to/file.db "
+                         "(or a file path) or postgresql://user@host:port/database")
     return SQLiteStore(url)
+
+
+def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
+    """Copy every item of source into target as it is: id, created time, consumed_by, idempotency key, image
+    and map. Ids the target holds already are skipped, so an interrupted copy can be run again.
+    {"copied", "skipped"}."""
+    present = {item.id for item in target.items(with_data=False)}
+    total = source.stats()["total"]
+    copied = skipped = 0
+    with tqdm(total=total, unit="item", desc="copying feedback", disable=total < 1000) as progress:
+        for item in source.items():
+            stored, created = (item.id, False) if item.id in present else target._insert(item)
+            if stored != item.id:
+                raise ConflictError(f"item {item.id}: its idempotency_key {item.idempotency_key!r} is taken "
+                                    f"in the target by {stored}")
+            copied += created
+            skipped += not created
+            progress.update()
+    return {"copied": copied, "skipped": skipped}
 
 
 def export_folder(store: FeedbackStore, out: str | Path, consumed: bool | None = None,

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -61,3 +62,33 @@ def build(ckpt: str | Path, model_store: str | Path, backend: str = "onnx", name
         target = store / archive_name(name, meta["version"])
         shutil.move(tmp / f"{name}.mar", target)
     return target
+
+
+def settings_of(archive: str | Path) -> dict:
+    """The build arguments an archive was made with (backend, batching, workers, threads)."""
+    with zipfile.ZipFile(archive) as z:
+        config = yaml.safe_load(z.read("model-config.yaml"))
+    return {"backend": config["abn"]["backend"], "batch_size": config["batchSize"],
+            "max_batch_delay": config["maxBatchDelay"], "workers": config["minWorkers"],
+            "threads": config["abn"].get("threads")}
+
+
+def _served_record(model_store: str | Path, name: str) -> Path:
+    return Path(model_store) / f"{name}.served"
+
+
+def record_served(model_store: str | Path, name: str, archive: str) -> None:
+    """Remember the archive that retraining made the default, so that a restart serves it again."""
+    path = _served_record(model_store, name)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(archive + "\n")
+    tmp.replace(path)
+
+
+def served_archive(model_store: str | Path, name: str) -> Path | None:
+    """The archive record_served named last, when it is still in the model store."""
+    path = _served_record(model_store, name)
+    if not path.exists():
+        return None
+    archive = Path(model_store) / path.read_text().strip()
+    return archive if archive.exists() else None

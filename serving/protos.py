@@ -9,6 +9,8 @@ import after a plain install.
     python -m serving.protos --check        exit 1 when serving/stubs/ is stale
     python -m serving.protos --schema DIR   write every .proto the service speaks into DIR,
                                             for generic tools (buf curl --schema DIR, grpcurl)
+    python -m serving.protos --docs         rewrite the reference part of docs/api.md from the protos
+                                            (--check also checks it)
 """
 
 import argparse
@@ -20,6 +22,8 @@ import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path
+
+from google.protobuf import descriptor_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "proto"
@@ -52,8 +56,8 @@ def write_schema(dest: Path) -> None:
     shutil.copy(_google_rpc() / "status.proto", dest / "google" / "rpc" / "status.proto")
 
 
-def generate(out: Path) -> None:
-    """Write the stubs into out (a folder that becomes the serving.stubs package)."""
+def _protoc(outputs: list[str]) -> None:
+    """Run protoc over the product's protos and TorchServe's with these output arguments."""
     from grpc_tools import protoc  # a dev dependency: only generating needs it
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,13 +66,16 @@ def generate(out: Path) -> None:
         _torchserve_protos(src)
         files = sorted(str(p.relative_to(src)) for p in src.rglob("*.proto"))
         includes = [str(src), str(Path(resources.files("grpc_tools")) / "_proto"), str(_google_rpc().parent.parent)]
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        args = ["protoc", *(f"-I{i}" for i in includes), f"--python_out={out}", f"--pyi_out={out}",
-                f"--grpc_python_out={out}", *files]
-        if protoc.main(args) != 0:
+        if protoc.main(["protoc", *(f"-I{i}" for i in includes), *outputs, *files]) != 0:
             raise SystemExit("protoc failed")
+
+
+def generate(out: Path) -> None:
+    """Write the stubs into out (a folder that becomes the serving.stubs package)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    _protoc([f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}"])
     pattern = re.compile(rf"^from ({'|'.join(PACKAGES)})((?:\.\w+)*) import", re.MULTILINE)
     for path in out.rglob("*.py*"):
         text = pattern.sub(r"from serving.stubs.\1\2 import", path.read_text())
@@ -89,21 +96,108 @@ def stale(current: Path = STUBS) -> list[str]:
                       if n not in names or n not in have or not filecmp.cmp(fresh / n, current / n, shallow=False))
 
 
+API_DOC = REPO / "docs" / "api.md"
+DOC_MARKER = "<!-- Generated from the protos by `python -m serving.protos --docs`; edit the protos, not this. -->"
+SCALARS = {v: k[len("TYPE_"):].lower() for k, v in descriptor_pb2.FieldDescriptorProto.Type.items()}
+
+
+def _descriptors():
+    """The FileDescriptorProtos of the product's protos and TorchServe's, with their comments."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "set.pb"
+        _protoc([f"--descriptor_set_out={out}", "--include_source_info"])
+        return list(descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file)
+
+
+def _comments(f) -> dict[tuple, str]:
+    return {tuple(loc.path): " ".join((loc.leading_comments + " " + loc.trailing_comments).split())
+            for loc in f.source_code_info.location}
+
+
+def _type(field, messages: dict) -> str:
+    if field.type_name:
+        name = field.type_name.lstrip(".")
+        entry = messages.get(name)
+        if entry is not None and entry.options.map_entry:
+            return f"map<{_type(entry.field[0], messages)}, {_type(entry.field[1], messages)}>"
+        kind = name
+    else:
+        kind = SCALARS[field.type]
+    return f"repeated {kind}" if field.label == field.LABEL_REPEATED else kind
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_api() -> str:
+    """The reference: every service, message and enum of the protos the service speaks, with their comments."""
+    files = [f for f in _descriptors() if f.name.startswith(("abn/", "torchserve/"))]
+    messages = {}
+    for f in files:
+        for m in f.message_type:
+            messages[f"{f.package}.{m.name}"] = m
+            for n in m.nested_type:
+                messages[f"{f.package}.{m.name}.{n.name}"] = n
+    lines = [DOC_MARKER, ""]
+    for f in sorted(files, key=lambda f: (not f.name.startswith("abn/"), f.name)):
+        comments = _comments(f)
+        where = f"proto/{f.name}" if f.name.startswith("abn/") else f"TorchServe's {f.name.split('/')[-1]}"
+        lines += [f"### `{f.name}` — package `{f.package}`", "", f"From {where}.", ""]
+        for s, service in enumerate(f.service):
+            lines += [f"#### service `{f.package}.{service.name}`", "", comments.get((6, s), ""), "",
+                      "| rpc | request | response | what it does |", "|---|---|---|---|"]
+            for r, rpc in enumerate(service.method):
+                request = ("stream " if rpc.client_streaming else "") + rpc.input_type.lstrip(".")
+                response = ("stream " if rpc.server_streaming else "") + rpc.output_type.lstrip(".")
+                lines.append(f"| `{rpc.name}` | `{request}` | `{response}` | {_cell(comments.get((6, s, 2, r), ''))} |")
+            lines.append("")
+        for m, message in enumerate(f.message_type):
+            lines += [f"#### message `{f.package}.{message.name}`", "", comments.get((4, m), ""), ""]
+            if message.field:
+                lines += ["| field | number | type | meaning |", "|---|---|---|---|"]
+                lines += [f"| `{field.name}` | {field.number} | `{_type(field, messages)}` | "
+                          f"{_cell(comments.get((4, m, 2, i), ''))} |" for i, field in enumerate(message.field)]
+                lines.append("")
+        for e, enum in enumerate(f.enum_type):
+            lines += [f"#### enum `{f.package}.{enum.name}`", "", comments.get((5, e), ""), "",
+                      "| value | number | meaning |", "|---|---|---|"]
+            lines += [f"| `{v.name}` | {v.number} | {_cell(comments.get((5, e, 2, i), ''))} |"
+                      for i, v in enumerate(enum.value)]
+            lines.append("")
+    text = "\n".join(lines)
+    while "\n\n\n" in text:  # an element without a comment leaves an empty paragraph
+        text = text.replace("\n\n\n", "\n\n")
+    return text.rstrip() + "\n"
+
+
+def api_doc_with_reference() -> str:
+    """docs/api.md with its reference part (from the marker on) regenerated."""
+    head = API_DOC.read_text().split(DOC_MARKER, 1)[0]
+    return head + render_api()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="only check that serving/stubs/ is up to date")
     p.add_argument("--schema", type=Path, help="write the .proto files for generic gRPC tools into this folder")
+    p.add_argument("--docs", action="store_true", help="rewrite the reference part of docs/api.md")
     args = p.parse_args()
+    if args.docs:
+        API_DOC.write_text(api_doc_with_reference())
+        print(f"wrote {API_DOC}")
+        return 0
     if args.schema:
         write_schema(args.schema)
         print(f"wrote {args.schema}")
         return 0
     if args.check:
-        diff = stale()
+        diff = stale() + ([] if API_DOC.read_text() == api_doc_with_reference() else ["docs/api.md"])
         if diff:
-            print(f"serving/stubs/ is stale ({', '.join(diff)}): run python -m serving.protos", file=sys.stderr)
+            print(f"stale: {', '.join(diff)}: run python -m serving.protos and python -m serving.protos --docs",
+                  file=sys.stderr)
             return 1
-        print("serving/stubs/ is up to date")
+        print("serving/stubs/ and docs/api.md are up to date")
         return 0
     generate(STUBS)
     print(f"wrote {STUBS}")

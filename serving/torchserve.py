@@ -43,16 +43,25 @@ class ServeConfig:
         return cls(workdir, model_store, models, **{p: free_port() for p in ports}, **kw)
 
     @property
+    def _local_host(self) -> str:
+        """The address a client on this machine connects to."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
     def inference_target(self) -> str:
-        return f"{self.host}:{self.grpc_inference_port}"
+        return f"{self._local_host}:{self.grpc_inference_port}"
 
     @property
     def management_target(self) -> str:
-        return f"{self.host}:{self.grpc_management_port}"
+        return f"{self._local_host}:{self.grpc_management_port}"
 
     @property
     def http_management_url(self) -> str:
-        return f"http://{self.host}:{self.http_management_port}"
+        return f"http://{self._local_host}:{self.http_management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._local_host}:{self.metrics_port}/metrics"
 
     @property
     def key_file(self) -> Path:
@@ -70,7 +79,7 @@ def write_config(cfg: ServeConfig) -> Path:
     store = cfg.model_store.resolve()
     lines = {
         "inference_address": f"http://{cfg.host}:{cfg.http_inference_port}",
-        "management_address": cfg.http_management_url,
+        "management_address": f"http://{cfg.host}:{cfg.http_management_port}",
         "metrics_address": f"http://{cfg.host}:{cfg.metrics_port}",
         "grpc_inference_address": cfg.host,
         "grpc_management_address": cfg.host,
@@ -84,6 +93,7 @@ def write_config(cfg: ServeConfig) -> Path:
         "max_request_size": MAX_MESSAGE_BYTES,
         "max_response_size": MAX_MESSAGE_BYTES,
         "default_workers_per_model": 1,
+        "metrics_mode": "prometheus",  # the metrics address answers /metrics for Prometheus
         "disable_system_metrics": "true",
     }
     path = cfg.workdir / "config.properties"

@@ -82,6 +82,7 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
             run_with(fail_at="register")
         assert (tmp_path / "retrain" / "pending.json").exists() and (tmp_path / "store" / "abn.v2.mar").exists()
         assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
+        assert package.served_archive(tmp_path / "store", "abn") is None  # a restart serves version 1
 
         # a failure after the new version became the default: version 1 is the default again
         with pytest.raises(retrain.StepFailure):
@@ -95,6 +96,7 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         assert default_version() == "2"
         assert store.stats("abn")["by_state"] == {"consumed": FEEDBACK}
         assert not (tmp_path / "retrain" / "pending.json").exists()
+        assert package.served_archive(tmp_path / "store", "abn") == tmp_path / "store" / "abn.v2.mar"  # and after
         assert (tmp_path / "retrain" / report["run"] / "report.png").stat().st_size > 0
         held = report["figures"]
         assert held["candidate"]["check_feedback"]["map_iou"] > held["served"]["check_feedback"]["map_iou"]

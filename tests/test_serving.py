@@ -213,8 +213,23 @@ def test_the_client_renews_an_expired_token(served):
     assert read_keys(cfg.key_file)["inference"] != before
 
 
+def test_an_archive_tells_the_settings_it_was_built_with(served):
+    store = served["cfg"].model_store
+    assert package.settings_of(store / "abn_torch.v1.mar") == {
+        "backend": "torch", "batch_size": 8, "max_batch_delay": 50, "workers": 1, "threads": None}
+    assert package.settings_of(store / "abn.v1.mar")["backend"] == "onnx"
+
+
 def test_stubs_are_current():
     assert protos.stale() == [], "run: python -m serving.protos"
+
+
+def test_the_api_reference_is_the_protos():
+    reference = protos.API_DOC.read_text().split(protos.DOC_MARKER, 1)[1]
+    assert protos.DOC_MARKER + reference == protos.render_api(), "run: python -m serving.protos --docs"
+    for name in ("abn.v1.FeedbackService", "abn.v1.Prediction", "abn.v1.AttentionMap",
+                 "org.pytorch.serve.grpc.inference.PredictionsRequest"):
+        assert f"`{name}`" in reference
 
 
 def test_protos_pass_buf_lint():

@@ -1,0 +1,351 @@
+"""The feedback store itself, on SQLite and on a real, throwaway PostgreSQL server.
+
+The PostgreSQL server: $ABN_TEST_POSTGRES_URL when set (a fresh database is made in it per test, and
+dropped), else one started here from the server binaries (initdb, pg_ctl) in a temporary folder and
+removed afterwards; without either, the PostgreSQL tests are skipped.
+"""
+
+import glob
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import psycopg
+import pytest
+from PIL import Image
+
+from serving import cli
+from serving.client import Client
+from serving.feedback_server import make_server
+from serving.feedback_store import (MIGRATIONS, POSTGRES_MIGRATIONS, SCHEMA_VERSION, ConflictError, Item,
+                                    PostgresStore, SQLiteStore, copy_store, open_store)
+from serving.torchserve import free_port
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def an_item(seed: int = 1, **fields) -> Item:
+    attention = np.random.default_rng(seed).random((4, 6), dtype=np.float32)
+    return Item(image=png(seed), attention=attention, **fields)
+
+
+def count(store, table: str) -> int:
+    return store._execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def find_initdb() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    path = found[-1] if found else shutil.which("initdb")
+    return Path(path) if path else None
+
+
+def with_database(url: str, name: str) -> str:
+    return urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A URL of a PostgreSQL server on which the tests may create databases."""
+    if os.environ.get("ABN_TEST_POSTGRES_URL"):
+        yield os.environ["ABN_TEST_POSTGRES_URL"]
+        return
+    initdb = find_initdb()
+    if initdb is None:
+        pytest.skip("no PostgreSQL server binaries (initdb): install postgresql or set ABN_TEST_POSTGRES_URL")
+    # PostgreSQL will not run as root: then the server runs as the postgres user, owning a folder outside
+    # pytest's (which only root may enter).
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="abn-postgres-"))
+    if as_user:
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", free_port()
+    pg_ctl = [*as_user, str(initdb.parent / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
+    try:
+        subprocess.run([*as_user, str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync",
+                        "-E", "UTF8", "--locale=C"], check=True, capture_output=True, timeout=120)
+        # fsync off: a throwaway server need not survive a crash, and it makes CREATE DATABASE quick
+        subprocess.run([*pg_ctl, "-l", str(folder / "log"), "-o",
+                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -F", "start"],
+                       check=True, capture_output=True, timeout=90)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database for one test, dropped after it."""
+    name = f"abn_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield with_database(postgres_server, name)
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request, tmp_path):
+    """The URL of a new, empty store of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'feedback.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(url):
+    store = open_store(url)
+    yield store
+    store.close()
+
+
+def test_submit_get_and_items_with_filters(store):
+    a, a_created = store.submit(an_item(1, label="3", predicted_label="5", prediction_id="p1", model_name="abn",
+                                        model_version="1", author="ana", idempotency_key="k1"))
+    assert a_created and len(a) == 32
+    time.sleep(0.01)
+    b, _ = store.submit(an_item(2, predicted_label="4", model_name="other"))
+    got = store.get(a)
+    assert got.image == png(1) and got.attention.dtype == np.float32
+    assert np.array_equal(got.attention, an_item(1).attention)
+    assert (got.label, got.predicted_label, got.prediction_id, got.model_name, got.model_version, got.author,
+            got.idempotency_key, got.consumed_by) == ("3", "5", "p1", "abn", "1", "ana", "k1", None)
+    assert abs(got.created - time.time()) < 60
+    assert store.get("nope") is None
+    assert [i.id for i in store.items()] == [a, b]
+    assert [i.id for i in store.items(model_name="other")] == [b]
+    assert [i.id for i in store.items(since=got.created + 1e-6)] == [b]
+    quick = list(store.items(with_data=False))
+    assert quick[0].image == b"" and quick[0].attention.shape == (0, 0)
+    assert quick[0].image_sha256 == got.image_sha256 and quick[0].label == "3"
+    store.mark_consumed([a], "run-1")
+    assert [i.id for i in store.items(consumed=False)] == [b]
+    assert [(i.id, i.consumed_by) for i in store.items(consumed=True)] == [(a, "run-1")]
+
+
+def test_items_reads_page_after_page_in_order(store, monkeypatch):
+    monkeypatch.setattr(type(store), "_PAGE", 3)
+    ids = [store.submit(an_item(i, model_name="even" if i % 2 == 0 else "odd"))[0] for i in range(8)]
+    assert [i.id for i in store.items()] == ids
+    assert [i.id for i in store.items(model_name="even", with_data=False)] == ids[0::2]
+    for item in store.items():  # the store is free to use between items
+        store.mark_consumed([item.id], "run")
+    assert store.stats()["by_state"] == {"consumed": 8}
+
+
+def test_a_retry_returns_the_same_id_and_a_reused_key_with_another_image_is_refused(store):
+    first = store.submit(an_item(1, idempotency_key="same"))
+    again = store.submit(an_item(1, idempotency_key="same", label="changed"))
+    assert first[1] and again == (first[0], False)
+    with pytest.raises(ConflictError, match="different image"):
+        store.submit(an_item(2, idempotency_key="same"))
+    assert count(store, "feedback") == 1 and count(store, "images") == 1  # the refused image is not kept
+
+
+def test_images_are_stored_once(store):
+    for value in (0.1, 0.2, 0.3):
+        store.submit(Item(image=png(7), attention=np.full((4, 4), value, np.float32)))
+    store.submit(an_item(8))
+    assert count(store, "images") == 2 and count(store, "feedback") == 4
+
+
+def test_stats_shape_and_counts(store):
+    assert store.stats() == {"total": 0, "by_state": {}, "by_label": {}, "by_model_version": {}}
+    ids = [store.submit(an_item(1, label="3", model_name="abn", model_version="1"))[0],
+           store.submit(an_item(2, predicted_label="3", model_name="abn", model_version="2"))[0],
+           store.submit(an_item(3, label="4", predicted_label="3", model_name="other"))[0]]
+    store.mark_consumed(ids[:1], "run-1")
+    stats = store.stats()
+    assert stats == {"total": 3, "by_state": {"consumed": 1, "pending": 2}, "by_label": {"3": 2, "4": 1},
+                     "by_model_version": {"abn:1": 1, "abn:2": 1, "other:": 1}}
+    assert list(stats["by_model_version"]) == ["abn:1", "abn:2", "other:"]
+    assert store.stats("abn") == {"total": 2, "by_state": {"consumed": 1, "pending": 1}, "by_label": {"3": 2},
+                                  "by_model_version": {"abn:1": 1, "abn:2": 1}}
+
+
+def test_mark_consumed_counts_only_pending_items(store):
+    ids = [store.submit(an_item(i))[0] for i in range(3)]
+    assert store.mark_consumed(ids[:2], "run-1") == 2
+    assert store.mark_consumed(ids + ["unknown"], "run-2") == 1
+    assert [store.get(i).consumed_by for i in ids] == ["run-1", "run-1", "run-2"]
+    assert store.mark_consumed([], "run-3") == 0
+
+
+def test_sixteen_threads_lose_nothing(store):
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda i: store.submit(an_item(i, idempotency_key=f"t{i}")), range(160)))
+    assert len({feedback_id for feedback_id, _ in answers}) == 160 and all(created for _, created in answers)
+    assert {item.id for item in store.items(with_data=False)} == {feedback_id for feedback_id, _ in answers}
+
+    start = threading.Barrier(16)  # sixteen submissions of one item with one key, at the same moment
+
+    def same(_):
+        start.wait()
+        return store.submit(an_item(999, idempotency_key="once"))
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(same, range(16)))
+    assert len({feedback_id for feedback_id, _ in answers}) == 1
+    assert sorted(created for _, created in answers) == [False] * 15 + [True]
+    assert count(store, "feedback") == 161
+
+
+def set_schema_version(store, version: int) -> None:
+    if isinstance(store, SQLiteStore):
+        store._execute(f"PRAGMA user_version={version}")
+    else:
+        store._execute("UPDATE abn_schema SET version = ?", (version,))
+
+
+def test_the_schema_is_versioned_and_a_newer_one_is_refused(url):
+    store = open_store(url)
+    version = (store._execute("PRAGMA user_version") if isinstance(store, SQLiteStore)
+               else store._execute("SELECT version FROM abn_schema")).fetchone()[0]
+    assert version == SCHEMA_VERSION == len(MIGRATIONS) == len(POSTGRES_MIGRATIONS)
+    store.submit(an_item(1))
+    store.close()
+    store = open_store(url)  # opening a current store again migrates nothing and keeps the items
+    assert store.stats()["total"] == 1
+    set_schema_version(store, SCHEMA_VERSION + 1)
+    store.close()
+    with pytest.raises(RuntimeError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this program's"):
+        open_store(url)
+
+
+def test_both_databases_have_the_same_tables_and_columns(tmp_path, postgres_url):
+    lite, postgres = SQLiteStore(tmp_path / "f.db"), PostgresStore(postgres_url)
+    for table in ("images", "feedback"):
+        lite_columns = [row[1] for row in lite._execute(f"PRAGMA table_info({table})")]
+        postgres_columns = [row[0] for row in postgres._execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+            (table,))]
+        assert lite_columns == postgres_columns and len(lite_columns) > 1
+    lite.close()
+    postgres.close()
+
+
+def test_open_store_picks_the_store_by_url(tmp_path, postgres_url):
+    for url in (f"sqlite:///{tmp_path / 'a.db'}", str(tmp_path / "b.db")):
+        store = open_store(url)
+        assert isinstance(store, SQLiteStore) and store.path.exists()
+        store.close()
+    for url in (postgres_url, postgres_url.replace("postgresql://", "postgres://", 1)):
+        store = open_store(url)
+        assert isinstance(store, PostgresStore) and store.stats()["total"] == 0
+        store.close()
+    with pytest.raises(ValueError) as e:
+        open_store("mysql://user:secret@host/db")
+    assert "sqlite:///" in str(e.value) and "postgresql://" in str(e.value) and "secret" not in str(e.value)
+
+
+def test_an_unreachable_postgres_server_is_named_quickly():
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as e:
+        open_store(f"postgresql://ana:s3cret@127.0.0.1:{port}/feedback?connect_timeout=3")
+    assert time.monotonic() - started < 10
+    message = str(e.value)
+    assert f"127.0.0.1:{port}" in message and "'feedback'" in message and "s3cret" not in message
+
+
+def test_copy_store_keeps_ids_state_images_and_maps_and_a_second_copy_skips_all(tmp_path, postgres_url):
+    source = SQLiteStore(tmp_path / "source.db")
+    for i in range(5):
+        source.submit(an_item(i % 3, label=str(i), model_name="abn", model_version=str(i),
+                              idempotency_key=f"k{i}" if i % 2 else ""))
+    first = [item.id for item in source.items()]
+    source.mark_consumed(first[:2], "run-1")
+    target = open_store(postgres_url)
+    assert copy_store(source, target) == {"copied": 5, "skipped": 0}
+    copied = list(target.items())
+    for a, b in zip(source.items(), copied, strict=True):  # in the same order, every field equal
+        assert np.array_equal(a.attention, b.attention) and a.attention.shape == b.attention.shape
+        a.attention = b.attention = None
+        assert a == b
+    assert [item.consumed_by for item in copied] == ["run-1", "run-1", None, None, None]
+    assert count(target, "images") == 3 and target.stats() == source.stats()
+    assert target.submit(an_item(1, idempotency_key="k1")) == (first[1], False)  # its keys came along
+
+    source.submit(an_item(9))  # one more since, as if the first copy had been interrupted
+    assert copy_store(source, target) == {"copied": 1, "skipped": 5}
+    assert copy_store(source, target) == {"copied": 0, "skipped": 6}
+    assert [item.id for item in target.items(with_data=False)] == [item.id for item in source.items()]
+    source.close()
+    target.close()
+
+
+def test_copy_store_refuses_an_item_whose_key_the_target_gave_to_another(tmp_path):
+    source, target = SQLiteStore(tmp_path / "s.db"), SQLiteStore(tmp_path / "t.db")
+    source.submit(an_item(1, idempotency_key="k"))
+    other, _ = target.submit(an_item(1, idempotency_key="k"))
+    with pytest.raises(ConflictError, match=f"taken in the target by {other}"):
+        copy_store(source, target)
+    source.close()
+    target.close()
+
+
+def test_a_backup_taken_while_a_writer_runs_is_whole_and_restores(tmp_path, capsys):
+    live = SQLiteStore(tmp_path / "live.db")
+    stop = threading.Event()
+
+    def write():
+        i = 0
+        while not stop.is_set():
+            live.submit(an_item(i % 50))
+            i += 1
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(0.3)
+    backup = tmp_path / "backup.db"
+    assert cli.main(["feedback", "backup", "--store", str(tmp_path / "live.db"), "--out", str(backup)]) == 0
+    stop.set()
+    writer.join()
+    assert cli.main(["feedback", "backup", "--store", str(tmp_path / "live.db"), "--out", str(backup)]) == 2
+    assert "exists" in capsys.readouterr().err
+    saved = SQLiteStore(backup)
+    assert saved.integrity() == "ok" and 0 < saved.stats()["total"] <= live.stats()["total"]
+    saved_ids = [i.id for i in saved.items(with_data=False)]
+    assert saved_ids == [i.id for i in live.items(with_data=False)][:len(saved_ids)]  # a prefix: a snapshot
+    # restoring into an empty store by copying gives back every saved item, as it was
+    assert cli.main(["feedback", "copy", "--from", str(backup), "--to", f"sqlite:///{tmp_path / 'new.db'}"]) == 0
+    restored = SQLiteStore(tmp_path / "new.db")
+    assert [i.id for i in restored.items(with_data=False)] == saved_ids and restored.stats() == saved.stats()
+    for store in (live, saved, restored):
+        store.close()
+
+
+def test_backup_of_a_postgres_store_points_to_pg_dump(tmp_path, postgres_url, capsys):
+    assert cli.main(["feedback", "backup", "--store", postgres_url, "--out", str(tmp_path / "b.db")]) == 2
+    assert "pg_dump" in capsys.readouterr().err
+
+
+def test_the_feedback_service_runs_on_postgres_by_changing_one_variable(tmp_path, postgres_url, monkeypatch):
+    """ABN_FEEDBACK_STORE moves every command's default store: the service stores there, stats reads it."""
+    monkeypatch.setenv("ABN_FEEDBACK_STORE", postgres_url)
+    args = cli.build_parser().parse_args(["feedback", "serve", "--address", "127.0.0.1:0", "--no-token"])
+    assert args.store == postgres_url
+    store = open_store(args.store)
+    server, port = make_server(store, "127.0.0.1:0")
+    with Client(feedback_target=f"127.0.0.1:{port}") as client:
+        answer = client.submit_feedback(png(1), np.ones((2, 2), np.float32), label="3", model_name="abn",
+                                        idempotency_key="pg-1")
+        assert answer.created and client.get_feedback(answer.id).label == "3"
+    server.stop(grace=1).wait()
+    store.close()
+    assert cli.build_parser().parse_args(["feedback", "stats"]).store == postgres_url
+    check = open_store(postgres_url)
+    assert check.stats()["total"] == 1 and check.get(answer.id).idempotency_key == "pg-1"
+    check.close()
