@@ -20,7 +20,7 @@ RUN abn train --out runs/demo \
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/abn abn
 COPY --from=build /opt/abn /opt/abn
@@ -33,6 +33,8 @@ WORKDIR /var/lib/abn
 # gRPC inference, gRPC management, feedback, Prometheus metrics
 EXPOSE 7070 7071 7072 8082
 VOLUME ["/var/lib/abn/runs/model_store", "/var/lib/abn/runs/feedback"]
+# tini as PID 1: it forwards `docker stop`'s SIGTERM and reaps what TorchServe's workers leave behind
+ENTRYPOINT ["/usr/bin/tini", "--"]
 HEALTHCHECK --interval=30s --timeout=20s --start-period=120s --retries=3 \
     CMD ["abn", "health", "--model", "abn"]
 CMD ["abn", "up", "--token-file", "runs/feedback/token"]

@@ -3,18 +3,20 @@
 import argparse
 import json
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
 
 import grpc
+import psycopg
 from PIL import Image
 
 from finetune import checkpoint, data, decoy_digits, knowledge, retrain, train
 from finetune.data import DataError
 from finetune.evaluate import evaluate
 from serving import client, demo, feedback_server, package, settings
-from serving.feedback_store import SQLiteStore, copy_store, export_folder, open_store
+from serving.feedback_store import SQLiteStore, copy_store, display_url, export_folder, open_store
 from serving.torchserve import ServeConfig, TorchServe
 
 
@@ -67,7 +69,7 @@ def _start_feedback(args: argparse.Namespace, checkpoints: list[str]):
     server, port = feedback_server.make_server(store, args.address, token, tls,
                                                feedback_server.known_classes(checkpoints))
     host = args.address.rsplit(":", 1)[0]
-    print(f"feedback service on {host}:{port} ({'TLS' if tls else 'plaintext'}), store {args.store}"
+    print(f"feedback service on {host}:{port} ({'TLS' if tls else 'plaintext'}), store {display_url(args.store)}"
           + (f", token in {args.token_file}" if token else ", no token"), flush=True)
     return server, store
 
@@ -142,20 +144,20 @@ def _cmd_feedback_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_feedback_stats(args: argparse.Namespace) -> None:
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)
     print(json.dumps(store.stats(args.model), indent=2))
     store.close()
 
 
 def _cmd_feedback_export(args: argparse.Namespace) -> None:
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)
     consumed = {"pending": False, "consumed": True, "all": None}[args.state]
     print(json.dumps(export_folder(store, args.out, consumed, args.model), indent=2))
     store.close()
 
 
 def _cmd_feedback_copy(args: argparse.Namespace) -> None:
-    source, target = open_store(args.source), open_store(args.target)
+    source, target = open_store(args.source, create=False), open_store(args.target)
     try:
         print(json.dumps(copy_store(source, target), indent=2))
     finally:
@@ -166,7 +168,7 @@ def _cmd_feedback_copy(args: argparse.Namespace) -> None:
 def _cmd_feedback_backup(args: argparse.Namespace) -> None:
     if Path(args.out).exists():
         raise ValueError(f"{args.out} exists: a backup goes into a new file")
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)
     try:
         if not isinstance(store, SQLiteStore):
             raise ValueError("backup copies a SQLite store; back up PostgreSQL with pg_dump")
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DataError, FileNotFoundError, ValueError, RuntimeError, TimeoutError) as e:
+    except (DataError, OSError, ValueError, RuntimeError, sqlite3.Error, psycopg.Error) as e:
         print(f"abn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:

@@ -129,7 +129,10 @@ class Client:
         except grpc.RpcError as e:
             if e.code() not in REFUSED:
                 raise
-        self._renew(kind, key)
+            try:
+                self._renew(kind, key)
+            except (urllib.error.URLError, OSError, KeyError, ValueError):
+                raise e from None  # no fresh key to be had (a copied key file, no management port): the refusal
         return method(request, metadata=[("authorization", f"Bearer {self._key(kind)}")], timeout=self.timeout)
 
     def predict(self, image: bytes, top_k: int = 5, attention: np.ndarray | None = None,

@@ -12,6 +12,7 @@ retraining run consumed it. copy_store moves the items of one store to another.
 import dataclasses
 import hashlib
 import io
+import re
 import sqlite3
 import threading
 import time
@@ -347,36 +348,48 @@ class PostgresStore(_SQLStore):
                 self._execute("UPDATE abn_schema SET version = ?", (v + 1,))
 
 
-def open_store(url: str) -> FeedbackStore:
-    """A store by URL: postgresql://user:password@host:port/database (or postgres://...),
-    sqlite:///path/to/file.db, or a plain file path (SQLite)."""
+def open_store(url: str, create: bool = True) -> FeedbackStore:
+    """A store by URL: postgresql://user@host:port/database (or postgres://...), sqlite:///path/to/file.db, or
+    a plain file path (SQLite). create=False refuses a SQLite file that is not there, rather than making an
+    empty store, for commands that read."""
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(url[len("sqlite:///"):])
-    if "://" in url:  # only the scheme is named: the rest may hold a password
+    if "://" in url and not url.startswith("sqlite:///"):  # only the scheme is named: the rest may hold a password
         raise ValueError(f"unsupported feedback store {url.split('://')[0]}://...: use sqlite:///path/to/file.db "
                          "(or a file path) or postgresql://user@host:port/database")
-    return SQLiteStore(url)
+    path = Path(url.removeprefix("sqlite:///"))
+    if not create and not path.exists():
+        raise FileNotFoundError(f"no feedback store at {path}")
+    return SQLiteStore(path)
+
+
+def display_url(url: str) -> str:
+    """The URL with its password, if any, masked, for printing."""
+    return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
     """Copy every item of source into target as it is: id, created time, consumed_by, idempotency key, image
-    and map. Ids the target holds already are skipped, so an interrupted copy can be run again.
-    {"copied", "skipped"}."""
-    present = {item.id for item in target.items(with_data=False)}
+    and map. Ids the target holds already are skipped, but for their state: one that a retraining run consumed
+    in the source since the last copy is marked consumed in the target too. So a copy can be run again, after
+    an interruption or to catch up before switching stores. {"copied", "skipped", "marked_consumed"}."""
+    present = {item.id: item.consumed_by for item in target.items(with_data=False)}
     total = source.stats()["total"]
-    copied = skipped = 0
+    copied = skipped = marked = 0
     with tqdm(total=total, unit="item", desc="copying feedback", disable=total < 1000) as progress:
-        for item in source.items():
-            stored, created = (item.id, False) if item.id in present else target._insert(item)
-            if stored != item.id:
-                raise ConflictError(f"item {item.id}: its idempotency_key {item.idempotency_key!r} is taken "
-                                    f"in the target by {stored}")
-            copied += created
-            skipped += not created
+        for item in source.items(with_data=False):
+            if item.id in present:
+                skipped += 1
+                if item.consumed_by and present[item.id] is None:
+                    marked += target.mark_consumed([item.id], item.consumed_by)
+            else:
+                stored, created = target._insert(source.get(item.id))
+                if stored != item.id:
+                    raise ConflictError(f"item {item.id}: its idempotency_key {item.idempotency_key!r} is taken "
+                                        f"in the target by {stored}")
+                copied += created
             progress.update()
-    return {"copied": copied, "skipped": skipped}
+    return {"copied": copied, "skipped": skipped, "marked_consumed": marked}
 
 
 def export_folder(store: FeedbackStore, out: str | Path, consumed: bool | None = None,

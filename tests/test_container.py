@@ -71,6 +71,8 @@ def test_the_image_is_multi_stage_python_and_java_and_not_root():
     assert len(froms) >= 2 and all(f.startswith("python:3.11") for f in froms)
     final = final_stage()
     assert any("openjdk-17-jre-headless" in s["value"] for s in final if s["instruction"] == "RUN")
+    assert json.loads(instructions("ENTRYPOINT")[-1])[0].endswith("tini")  # an init as PID 1
+    assert any("tini" in s["value"] for s in final if s["instruction"] == "RUN")
     users = [s["value"] for s in final if s["instruction"] == "USER"]
     assert users and users[-1] not in ("root", "0")
     # the product is installed from this checkout, with its dependencies pinned in pyproject.toml
@@ -114,7 +116,17 @@ def test_listening_beyond_loopback_needs_the_variable_and_then_a_token(tmp_path,
     monkeypatch.setenv("ABN_LISTEN_ALL", "1")
     assert cli.main(["feedback", "serve", "--address", "0.0.0.0:0", "--no-token", "--store", store]) == 2
     assert "without a token" in capsys.readouterr().err
-    assert cli.build_parser().parse_args(["up"]).host == "0.0.0.0"
+    up = cli.build_parser().parse_args(["up"])
+    assert up.host == "0.0.0.0" and up.address == "0.0.0.0:7072"
+
+
+def test_the_healthcheck_looks_where_up_listens():
+    parser = cli.build_parser()
+    up, health = parser.parse_args(argv(instructions("CMD")[-1])[1:]), parser.parse_args(["health"])
+    assert health.inference == f"127.0.0.1:{up.port}" and health.management == f"127.0.0.1:{up.management_port}"
+    assert health.management_url == f"http://127.0.0.1:{up.http_management_port}"
+    assert health.feedback == f"127.0.0.1:{up.address.rsplit(':', 1)[1]}"
+    assert health.key_file == f"{up.workdir}/key_file.json"
 
 
 def outside_address() -> str | None:

@@ -27,7 +27,7 @@ from serving import cli
 from serving.client import Client
 from serving.feedback_server import make_server
 from serving.feedback_store import (MIGRATIONS, POSTGRES_MIGRATIONS, SCHEMA_VERSION, ConflictError, Item,
-                                    PostgresStore, SQLiteStore, copy_store, open_store)
+                                    PostgresStore, SQLiteStore, copy_store, display_url, open_store)
 from serving.torchserve import free_port
 
 
@@ -269,7 +269,7 @@ def test_copy_store_keeps_ids_state_images_and_maps_and_a_second_copy_skips_all(
     first = [item.id for item in source.items()]
     source.mark_consumed(first[:2], "run-1")
     target = open_store(postgres_url)
-    assert copy_store(source, target) == {"copied": 5, "skipped": 0}
+    assert copy_store(source, target) == {"copied": 5, "skipped": 0, "marked_consumed": 0}
     copied = list(target.items())
     for a, b in zip(source.items(), copied, strict=True):  # in the same order, every field equal
         assert np.array_equal(a.attention, b.attention) and a.attention.shape == b.attention.shape
@@ -279,9 +279,11 @@ def test_copy_store_keeps_ids_state_images_and_maps_and_a_second_copy_skips_all(
     assert count(target, "images") == 3 and target.stats() == source.stats()
     assert target.submit(an_item(1, idempotency_key="k1")) == (first[1], False)  # its keys came along
 
-    source.submit(an_item(9))  # one more since, as if the first copy had been interrupted
-    assert copy_store(source, target) == {"copied": 1, "skipped": 5}
-    assert copy_store(source, target) == {"copied": 0, "skipped": 6}
+    source.submit(an_item(9))  # one more since, as if the first copy had been interrupted,
+    source.mark_consumed(first[2:4], "run-2")  # and a retraining run consumed two meanwhile
+    assert copy_store(source, target) == {"copied": 1, "skipped": 5, "marked_consumed": 2}
+    assert copy_store(source, target) == {"copied": 0, "skipped": 6, "marked_consumed": 0}
+    assert [i.consumed_by for i in target.items(with_data=False)] == ["run-1", "run-1", "run-2", "run-2", None, None]
     assert [item.id for item in target.items(with_data=False)] == [item.id for item in source.items()]
     source.close()
     target.close()
@@ -325,6 +327,21 @@ def test_a_backup_taken_while_a_writer_runs_is_whole_and_restores(tmp_path, caps
     assert [i.id for i in restored.items(with_data=False)] == saved_ids and restored.stats() == saved.stats()
     for store in (live, saved, restored):
         store.close()
+
+
+def test_reading_commands_refuse_a_store_that_is_not_there(tmp_path, capsys):
+    missing = str(tmp_path / "typo.db")
+    for command in (["feedback", "stats", "--store", missing], ["feedback", "backup", "--store", missing, "--out",
+                    str(tmp_path / "b.db")], ["feedback", "copy", "--from", missing, "--to", str(tmp_path / "c.db")]):
+        assert cli.main(command) == 2
+        assert f"no feedback store at {missing}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was made
+
+
+def test_printed_urls_hide_the_password():
+    assert display_url("postgresql://ana:s3cret@db:5432/f") == "postgresql://ana:***@db:5432/f"
+    assert display_url("postgresql://ana@db/f") == "postgresql://ana@db/f"
+    assert display_url("runs/feedback.db") == "runs/feedback.db"
 
 
 def test_backup_of_a_postgres_store_points_to_pg_dump(tmp_path, postgres_url, capsys):

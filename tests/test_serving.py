@@ -21,7 +21,7 @@ from finetune.model import create_model
 from serving import package, protos, wire
 from serving.client import Client
 from serving.stubs.torchserve import inference_pb2
-from serving.torchserve import ServeConfig, TorchServe, read_keys
+from serving.torchserve import ServeConfig, TorchServe, free_port, read_keys
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 TOKEN_MINUTES = 0.25  # short, so that the client's renewal is exercised
@@ -200,6 +200,18 @@ def test_a_call_without_the_token_is_refused(served):
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.RpcError) as e:
             stub.Predictions(request, metadata=[("authorization", "Bearer wrong")], timeout=30)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_stale_copy_of_the_key_file_gets_the_refusal_not_a_connection_error(served, tmp_path):
+    """A client away from TorchServe's machine: its copied keys are stale and it cannot reach port 8081."""
+    cfg = served["cfg"]
+    keys = json.loads(cfg.key_file.read_text())
+    keys["inference"]["key"] = "stale"
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    with Client(cfg.inference_target, tmp_path / "keys.json", f"http://127.0.0.1:{free_port()}") as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.predict(sample_images(1)[0])
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
