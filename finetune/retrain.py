@@ -115,19 +115,19 @@ class Retrain:
         if self.args.fail_at == name:
             raise StepFailure(f"failing at step {name!r} as asked by --fail-at")
 
-    def served(self) -> tuple[dict, bytes]:
-        """The default version's description and its checkpoint's bytes, read out of its archive."""
+    def served(self) -> tuple[dict, Path, bytes]:
+        """The default version's description, its archive, and its checkpoint's bytes read out of the archive."""
         description = self.client.describe(self.args.model)[0]
-        self.served_archive = Path(self.args.model_store) / description["modelUrl"]
-        with zipfile.ZipFile(self.served_archive) as z:
-            return description, z.read("checkpoint.pt")
+        archive = Path(self.args.model_store) / description["modelUrl"]
+        with zipfile.ZipFile(archive) as z:
+            return description, archive, z.read("checkpoint.pt")
 
     def run(self) -> dict:
         """One run; the report (its outcome: promoted, refused, too_little_feedback, or an exception)."""
         if self.pending_path.exists():
             return self.promote(json.loads(self.pending_path.read_text()))
         self.step("snapshot")
-        description, parent_bytes = self.served()
+        description, served_archive, parent_bytes = self.served()
         model, meta = checkpoint.load(parent_bytes)
         items = [i for i in self.store.items(consumed=False, model_name=self.args.model)
                  if (i.label or i.predicted_label) in meta["classes"]]
@@ -172,7 +172,7 @@ class Retrain:
         checkpoint.save(self.folder / "checkpoint.pt", model, new_meta)
         # served as version N is: same backend, batching and workers
         mar = package.build(self.folder / "checkpoint.pt", self.args.model_store, name=self.args.model,
-                            **package.settings_of(self.served_archive))
+                            **package.settings_of(served_archive))
         pending = {"run": self.id, "archive": mar.name, "version": str(new_meta["version"]),
                    "feedback": [i.id for i in items], "report": self.report}
         self.pending_path.write_text(json.dumps(pending, indent=2) + "\n")

@@ -14,18 +14,21 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
+from io import BytesIO
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-import tomllib
 from dockerfile_parse import DockerfileParser
+from PIL import Image
 
 from finetune import decoy_digits
 from serving import cli
 from serving.client import Client
+from serving.stubs.torchserve import inference_pb2, inference_pb2_grpc
 from serving.torchserve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,10 +208,6 @@ def container(tmp_path_factory):
 
 
 def sample_png() -> bytes:
-    from io import BytesIO
-
-    from PIL import Image
-
     image = decoy_digits.build("test").images[0, 0].numpy()
     buffer = BytesIO()
     Image.fromarray((image * 255).round().astype(np.uint8)).save(buffer, format="PNG")
@@ -236,16 +235,12 @@ def test_from_outside_the_services_answer_with_tokens_only(container):
         assert prediction.model_name == "abn" and prediction.model_version == "1" and len(prediction.scores) == 2
         answer = client.submit_feedback(image, np.ones((4, 4), np.float32), prediction=prediction, label="6")
         assert answer.created
-    with Client(f"{host}:{p['port']}", key_file=root / "missing.json", feedback_target=f"{host}:{p['feedback']}",
-                feedback_token_file=None) as stranger:
-        channel = grpc.insecure_channel(f"{host}:{p['port']}")
-        from serving.stubs.torchserve import inference_pb2, inference_pb2_grpc
-
+    with grpc.insecure_channel(f"{host}:{p['port']}") as channel:  # no token
         with pytest.raises(grpc.RpcError) as refused:
             inference_pb2_grpc.InferenceAPIsServiceStub(channel).Predictions(
                 inference_pb2.PredictionsRequest(model_name="abn", input={"data": image}), timeout=30)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        channel.close()
+    with Client(feedback_target=f"{host}:{p['feedback']}") as stranger:  # no feedback token
         with pytest.raises(grpc.RpcError) as refused:
             stranger.feedback_stats()
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
