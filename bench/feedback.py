@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.load import measure, noise_pngs
 from serving.client import Client
-from serving.torchserve import free_port
+from serving.torchserve.config import free_port
 
 
 def submit(client: Client, data: list[bytes], tag: str):
@@ -40,9 +40,23 @@ def main() -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "serving.cli", "feedback", "serve", "--store", str(db),
-                               "--address", f"127.0.0.1:{port}", "--token-file", str(out / "token")],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "feedback",
+            "serve",
+            "--store",
+            str(db),
+            "--address",
+            f"127.0.0.1:{port}",
+            "--token-file",
+            str(out / "token"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         print(server.stdout.readline().decode().strip())
         data = noise_pngs(256, 128)
@@ -55,12 +69,14 @@ def main() -> None:
         server.terminate()
         server.wait(30)
     lines = [f"{'concurrency':>11} {'submissions/s':>14} {'p50 ms':>8} {'p99 ms':>8}"]
-    lines += [f"{r['concurrency']:>11} {r['per_second']:>14.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
-              for r in results]
+    lines += [
+        f"{r['concurrency']:>11} {r['per_second']:>14.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}" for r in results
+    ]
     text = "\n".join(lines)
     print(text)
-    (out / "feedback.json").write_text(json.dumps({"results": results, "settings": vars(args), "text": text},
-                                                  indent=2) + "\n")
+    (out / "feedback.json").write_text(
+        json.dumps({"results": results, "settings": vars(args), "text": text}, indent=2) + "\n"
+    )
     print(f"wrote {out / 'feedback.json'}")
 
 

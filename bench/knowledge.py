@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from finetune import checkpoint, decoy_digits, expert, train  # noqa: E402
-from finetune.data import TensorSet  # noqa: E402
+from finetune.data import DataConfig, TensorSet  # noqa: E402
 from finetune.evaluate import evaluate, predict  # noqa: E402
 from finetune.images import resize_map  # noqa: E402
 from finetune.knowledge import TuneConfig, fine_tune  # noqa: E402
@@ -48,7 +48,7 @@ METRICS = ("test_accuracy", "decoy_only_accuracy", "object_share", "decoy_share"
 
 def trained(out: Path, clean: bool, epochs: int) -> Path:
     run = out / ("clean" if clean else "decoy")
-    train.train(train.default_args(out=str(run), clean=clean, epochs=epochs, resume=True))
+    train.train(train.TrainConfig(out=str(run), data=DataConfig(clean=clean), epochs=epochs, resume=True))
     return run / "checkpoint.pt"
 
 
@@ -57,23 +57,33 @@ def measure(model, meta, test: decoy_digits.Split, decoy_only: decoy_digits.Spli
     on_object = evaluate(model, TensorSet(test.images, test.labels, test.masks), mean, std)
     on_decoy = evaluate(model, TensorSet(test.images, test.labels, test.decoys), mean, std)
     only = evaluate(model, TensorSet(decoy_only.images, decoy_only.labels), mean, std)
-    return {"test_accuracy": on_object["accuracy"], "decoy_only_accuracy": only["accuracy"],
-            "object_share": on_object["map_share"], "decoy_share": on_decoy["map_share"],
-            "object_iou": on_object["map_iou"]}
+    return {
+        "test_accuracy": on_object["accuracy"],
+        "decoy_only_accuracy": only["accuracy"],
+        "object_share": on_object["map_share"],
+        "decoy_share": on_decoy["map_share"],
+        "object_iou": on_object["map_iou"],
+    }
 
 
 def corrected_train_set(model, meta, share: float, seed: int, brush: int, threshold: float) -> TensorSet:
     """The training split with simulated-expert corrections on a random share of its images."""
     split = decoy_digits.build("train")
     n = len(split.labels)
-    chosen = np.random.default_rng(seed).permutation(n)[:round(share * n)]
+    chosen = np.random.default_rng(seed).permutation(n)[: round(share * n)]
     _, maps = predict(model, split.images[chosen].expand(-1, 3, -1, -1), meta["mean"], meta["std"])
     before = resize_map(maps, tuple(split.images.shape[-2:]))
     edits = torch.zeros_like(split.masks)
     for j, i in enumerate(chosen):
-        edits[i, 0] = torch.from_numpy(expert.correct(split.masks[i, 0].numpy() > 0, before[j, 0].numpy(),
-                                                      brush=brush, threshold=threshold,
-                                                      seed=seed * 100000 + int(i)))
+        edits[i, 0] = torch.from_numpy(
+            expert.correct(
+                split.masks[i, 0].numpy() > 0,
+                before[j, 0].numpy(),
+                brush=brush,
+                threshold=threshold,
+                seed=seed * 100000 + int(i),
+            )
+        )
     has_map = torch.zeros(n, dtype=torch.bool)
     has_map[torch.from_numpy(chosen)] = True
     return TensorSet(split.images, split.labels, edits, has_map)
@@ -82,8 +92,10 @@ def corrected_train_set(model, meta, share: float, seed: int, brush: int, thresh
 def summarize(cells: dict) -> dict:
     table = {}
     for key, runs in cells.items():
-        table[key] = {m: (statistics.mean(r[m] for r in runs),
-                          statistics.stdev(r[m] for r in runs) if len(runs) > 1 else 0.0) for m in METRICS}
+        table[key] = {
+            m: (statistics.mean(r[m] for r in runs), statistics.stdev(r[m] for r in runs) if len(runs) > 1 else 0.0)
+            for m in METRICS
+        }
     return table
 
 
@@ -96,8 +108,10 @@ def print_table(reference: dict, table: dict, shares: list[float], seeds: int) -
         for share in shares:
             row = table.get(f"{variant}@{share}")
             if row:
-                lines.append(f"{variant:<18}{share:>7.0%}" + "".join(
-                    f"{100 * row[m][0]:>14.1f} ± {100 * row[m][1]:>4.1f}" for m in METRICS))
+                lines.append(
+                    f"{variant:<18}{share:>7.0%}"
+                    + "".join(f"{100 * row[m][0]:>14.1f} ± {100 * row[m][1]:>4.1f}" for m in METRICS)
+                )
     lines.append(f"(percent; mean ± std over {seeds} seeds)")
     text = "\n".join(lines)
     print(text)
@@ -106,15 +120,23 @@ def print_table(reference: dict, table: dict, shares: list[float], seeds: int) -
 
 def figure(reference: dict, table: dict, shares: list[float], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, metric, title in zip(axes, ("test_accuracy", "decoy_only_accuracy", "object_share"),
-                                 ("random-decoy test accuracy", "decoy-only accuracy (shortcut use)",
-                                  "share of attention on the object")):
+    for ax, metric, title in zip(
+        axes,
+        ("test_accuracy", "decoy_only_accuracy", "object_share"),
+        ("random-decoy test accuracy", "decoy-only accuracy (shortcut use)", "share of attention on the object"),
+    ):
         width = 0.8 / len(VARIANTS)
         for k, variant in enumerate(VARIANTS):
             rows = [table.get(f"{variant}@{s}") for s in shares]
             xs = [i + (k - (len(VARIANTS) - 1) / 2) * width for i in range(len(shares))]
-            ax.bar(xs, [100 * r[metric][0] if r else 0 for r in rows], width,
-                   yerr=[100 * r[metric][1] if r else 0 for r in rows], capsize=3, label=variant)
+            ax.bar(
+                xs,
+                [100 * r[metric][0] if r else 0 for r in rows],
+                width,
+                yerr=[100 * r[metric][1] if r else 0 for r in rows],
+                capsize=3,
+                label=variant,
+            )
         for name, style in (("clean", "--"), ("baseline", ":")):
             ax.axhline(100 * reference[name][metric], color="black", linestyle=style, linewidth=1, label=name)
         ax.set_xticks(range(len(shares)), [f"edits on {s:.0%}" for s in shares])
@@ -134,8 +156,9 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--train-epochs", type=int, default=30, help="epochs of the clean and baseline models")
     p.add_argument("--brush", type=int, default=2, help="simulated expert's brush radius in pixels")
-    p.add_argument("--erase-above", type=float, default=0.2,
-                   help="simulated expert erases attention above this off the object")
+    p.add_argument(
+        "--erase-above", type=float, default=0.2, help="simulated expert erases attention above this off the object"
+    )
     p.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="fine-tuning epochs")
     p.add_argument("--lr", type=float, default=TuneConfig.lr, help="fine-tuning learning rate")
     args = p.parse_args()
@@ -168,19 +191,30 @@ def main() -> None:
                 result = {"seed": seed, **measure(model, meta, test, decoy_only), "seconds": time.time() - started}
                 cells.setdefault(key, []).append(result)
                 cells_path.write_text(json.dumps(cells, indent=2) + "\n")
-                print(f"{key} seed {seed}: test {result['test_accuracy']:.3f}  decoy-only "
-                      f"{result['decoy_only_accuracy']:.3f}  object share {result['object_share']:.3f}  "
-                      f"({result['seconds']:.0f}s)", flush=True)
+                print(
+                    f"{key} seed {seed}: test {result['test_accuracy']:.3f}  decoy-only "
+                    f"{result['decoy_only_accuracy']:.3f}  object share {result['object_share']:.3f}  "
+                    f"({result['seconds']:.0f}s)",
+                    flush=True,
+                )
 
-    table = summarize({k: v for k, v in cells.items() if k.split("@")[0] in args.variants
-                       and float(k.split("@")[1]) in args.shares})
+    table = summarize(
+        {k: v for k, v in cells.items() if k.split("@")[0] in args.variants and float(k.split("@")[1]) in args.shares}
+    )
     text = print_table(reference, table, args.shares, args.seeds)
     gap = reference["clean"]["test_accuracy"] - reference["baseline"]["test_accuracy"]
     recovered = {k: (v["test_accuracy"][0] - reference["baseline"]["test_accuracy"]) / gap for k, v in table.items()}
     for k, v in recovered.items():
         print(f"{k}: recovers {v:.0%} of the accuracy gap between baseline and clean model")
-    result = {"reference": reference, "cells": cells, "table": table, "gap_recovered": recovered,
-              "settings": vars(args), "seconds": time.time() - t0, "text": text}
+    result = {
+        "reference": reference,
+        "cells": cells,
+        "table": table,
+        "gap_recovered": recovered,
+        "settings": vars(args),
+        "seconds": time.time() - t0,
+        "text": text,
+    }
     (out / "knowledge.json").write_text(json.dumps(result, indent=2) + "\n")
     figure(reference, table, args.shares, out / "knowledge.png")
     print(f"wrote {out / 'knowledge.json'} and {out / 'knowledge.png'} ({time.time() - t0:.0f}s)")

@@ -46,5 +46,11 @@ def measure(call: Callable[[int], object], concurrency: int, requests: int, warm
             f.result()
     wall = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100)
-    return {"concurrency": concurrency, "requests": requests, "per_second": requests / wall,
-            "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * q[94], "p99_ms": 1000 * q[98]}
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "per_second": requests / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p95_ms": 1000 * q[94],
+        "p99_ms": 1000 * q[98],
+    }

@@ -8,7 +8,9 @@ Every path decodes the PNG and preprocesses it as the handler does. Models:
 abn_small at 32x32 and abn_resnet18 at 224x224 (untrained weights: speed does
 not depend on them). Prints a table and writes serving.json into --out.
 
-    .venv/bin/python -m bench.serving --out runs/bench-serving   (as a module: a script named serving.py would shadow the package)
+    .venv/bin/python -m bench.serving --out runs/bench-serving
+
+(Run as a module: a script named serving.py would shadow the package.)
 """
 
 import argparse
@@ -24,9 +26,10 @@ from finetune import checkpoint, onnx_export
 from finetune.images import image_tensor, normalize, open_image
 from finetune.model import create_model
 from handlers.backends import OnnxBackend, TorchBackend, threads_per_worker
-from serving import package
 from serving.client import Client
-from serving.torchserve import ServeConfig, TorchServe
+from serving.torchserve import archive
+from serving.torchserve.config import ServeConfig
+from serving.torchserve.process import TorchServe
 
 MODELS = {"abn_small": 32, "abn_resnet18": 224}
 
@@ -34,8 +37,16 @@ MODELS = {"abn_small": 32, "abn_resnet18": 224}
 def make_checkpoint(arch: str, size: int, out: Path) -> Path:
     torch.manual_seed(0)
     model = create_model(arch, 10).eval()
-    meta = checkpoint.metadata(model, arch, [str(i) for i in range(10)], (size, size), [0.5] * 3, [0.25] * 3,
-                               {"data": "benchmark"}, name=arch.replace("_", "-"))
+    meta = checkpoint.metadata(
+        model,
+        arch,
+        [str(i) for i in range(10)],
+        (size, size),
+        [0.5] * 3,
+        [0.25] * 3,
+        {"data": "benchmark"},
+        name=arch.replace("_", "-"),
+    )
     path = out / f"{arch}.pt"
     checkpoint.save(path, model, meta)
     return path
@@ -49,6 +60,7 @@ def in_process(backend, meta: dict):
     def call(image: bytes):
         x = normalize(image_tensor(open_image(image), size)[None], mean, std).numpy()
         return backend.run(x, maps, supplied)
+
     return call
 
 
@@ -56,8 +68,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench-serving")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--requests", type=int, nargs=2, default=[600, 120], metavar=("SMALL", "RESNET18"),
-                   help="requests per cell for abn_small and abn_resnet18")
+    p.add_argument(
+        "--requests",
+        type=int,
+        nargs=2,
+        default=[600, 120],
+        metavar=("SMALL", "RESNET18"),
+        help="requests per cell for abn_small and abn_resnet18",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="TorchServe's largest batch")
     p.add_argument("--max-batch-delay", type=int, default=5, help="ms TorchServe waits to fill a batch")
     args = p.parse_args()
@@ -70,13 +88,15 @@ def main() -> None:
     for arch, size in MODELS.items():
         ckpt = make_checkpoint(arch, size, out)
         _, metas[arch] = checkpoint.load(ckpt)
-        paths[arch] = package.build(ckpt, store, backend="onnx", batch_size=args.batch_size,
-                                    max_batch_delay=args.max_batch_delay)
+        paths[arch] = archive.build(
+            ckpt,
+            store,
+            archive.ArchiveConfig(backend="onnx", batch_size=args.batch_size, max_batch_delay=args.max_batch_delay),
+        )
     cfg = ServeConfig.on_free_ports(out / "serve", store, {metas[a]["name"]: paths[a].name for a in MODELS})
     results = []
     with TorchServe(cfg):
-        client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
-                        management_target=cfg.management_target)
+        client = Client.for_services(cfg)
         for (arch, size), requests in zip(MODELS.items(), args.requests):
             meta, data = metas[arch], noise_pngs(64, size)
             onnx_path = out / f"{arch}.onnx"
@@ -89,10 +109,14 @@ def main() -> None:
             }
             for c in args.concurrency:
                 for name, call in tqdm(calls.items(), desc=f"{arch} concurrency {c}", leave=False):
-                    r = measure(lambda i, call=call: call(data[i % len(data)]), c, requests, warmup=max(10, c))
+                    send = lambda i, call=call, data=data: call(data[i % len(data)])  # noqa: E731
+                    r = measure(send, c, requests, warmup=max(10, c))
                     results.append({"model": arch, "input": size, "path": name, **r})
-                    print(f"{arch:>13} {name:>16} c={c:<3} p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms  "
-                          f"{r['per_second']:8.1f}/s", flush=True)
+                    print(
+                        f"{arch:>13} {name:>16} c={c:<3} p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms  "
+                        f"{r['per_second']:8.1f}/s",
+                        flush=True,
+                    )
         client.close()
 
     def cell(arch, path, c):
@@ -102,21 +126,30 @@ def main() -> None:
     for arch in MODELS:
         c1 = min(args.concurrency)
         ratios[arch] = {
-            "torchserve_p50_over_onnxruntime_p50_at_c1":
-                cell(arch, "torchserve-grpc", c1)["p50_ms"] / cell(arch, "onnxruntime", c1)["p50_ms"],
-            **{f"onnxruntime_over_eager_throughput_at_c{c}":
-               cell(arch, "onnxruntime", c)["per_second"] / cell(arch, "pytorch-eager", c)["per_second"]
-               for c in args.concurrency},
+            "torchserve_p50_over_onnxruntime_p50_at_c1": cell(arch, "torchserve-grpc", c1)["p50_ms"]
+            / cell(arch, "onnxruntime", c1)["p50_ms"],
+            **{
+                f"onnxruntime_over_eager_throughput_at_c{c}": cell(arch, "onnxruntime", c)["per_second"]
+                / cell(arch, "pytorch-eager", c)["per_second"]
+                for c in args.concurrency
+            },
         }
     lines = [f"{'model':>13} {'path':>16} {'conc':>5} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}"]
-    lines += [f"{r['model']:>13} {r['path']:>16} {r['concurrency']:>5} {r['p50_ms']:>9.2f} {r['p95_ms']:>9.2f} "
-              f"{r['per_second']:>8.1f}" for r in results]
+    lines += [
+        f"{r['model']:>13} {r['path']:>16} {r['concurrency']:>5} {r['p50_ms']:>9.2f} {r['p95_ms']:>9.2f} "
+        f"{r['per_second']:>8.1f}"
+        for r in results
+    ]
     for arch, rs in ratios.items():
         lines += [f"{arch}: {k} = {v:.2f}" for k, v in rs.items()]
     text = "\n".join(lines)
     print(text)
-    (out / "serving.json").write_text(json.dumps({"results": results, "ratios": ratios, "settings": vars(args),
-                                                  "threads": threads, "text": text}, indent=2) + "\n")
+    (out / "serving.json").write_text(
+        json.dumps(
+            {"results": results, "ratios": ratios, "settings": vars(args), "threads": threads, "text": text}, indent=2
+        )
+        + "\n"
+    )
     print(f"wrote {out / 'serving.json'}")
 
 

@@ -11,8 +11,9 @@ The metadata says everything needed to rebuild and feed the model:
 import io
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -22,21 +23,42 @@ FORMAT = 1
 REQUIRED = ("architecture", "classes", "input_size", "map_size", "mean", "std", "name", "version")
 
 
-def metadata(model: ABN, architecture: str, classes: list[str], input_size: tuple[int, int], mean: list[float],
-             std: list[float], trained_on: dict, name: str = "abn", version: int = 1,
-             parent_version: int | None = None) -> dict:
+def metadata(
+    model: ABN,
+    architecture: str,
+    classes: list[str],
+    input_size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    trained_on: dict,
+    name: str = "abn",
+    version: int = 1,
+    parent_version: int | None = None,
+) -> dict:
     return {
-        "architecture": architecture, "classes": list(classes), "input_size": list(input_size),
-        "map_size": list(model.map_size(input_size)), "mean": list(mean), "std": list(std), "name": name,
-        "version": version, "parent_version": parent_version, "trained_on": trained_on,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "architecture": architecture,
+        "classes": list(classes),
+        "input_size": list(input_size),
+        "map_size": list(model.map_size(input_size)),
+        "mean": list(mean),
+        "std": list(std),
+        "name": name,
+        "version": version,
+        "parent_version": parent_version,
+        "trained_on": trained_on,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
 def next_version(meta: dict, trained_on: dict) -> dict:
     """The metadata of a model derived from the one described by meta."""
-    return {**meta, "version": meta["version"] + 1, "parent_version": meta["version"], "trained_on": trained_on,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        **meta,
+        "version": meta["version"] + 1,
+        "parent_version": meta["version"],
+        "trained_on": trained_on,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def atomic_save(obj: object, path: str | Path) -> None:
@@ -57,13 +79,16 @@ def save(path: str | Path, model: ABN, meta: dict) -> None:
 
 def _read(source: str | Path | bytes) -> dict:
     """A checkpoint from a file, or from its bytes (e.g. read out of a .mar)."""
+    f: IO[bytes]
     if isinstance(source, bytes):
         name, f = "checkpoint bytes", io.BytesIO(source)
     else:
-        name = f = Path(source)
-        if not f.is_file():
-            raise FileNotFoundError(f"checkpoint {f} does not exist")
-    obj = torch.load(f, map_location="cpu", weights_only=True)
+        name = str(source)
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"checkpoint {source} does not exist")
+        f = open(source, "rb")  # noqa: SIM115 (closed below)
+    with f:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{name} is not a checkpoint of format {FORMAT}")
     return obj

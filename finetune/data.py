@@ -13,7 +13,6 @@ Image-folder format, the one users bring their images and corrections in:
 A map has its image's aspect ratio at any size.
 """
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +39,13 @@ class TensorSet(Dataset):
     """An in-memory set: images N x C x H x W (C = 1 or 3), labels N, maps N x 1 x H x W or None,
     has_map N (default: every item has a map when maps are given)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor | None = None,
-                 has_map: torch.Tensor | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        maps: torch.Tensor | None = None,
+        has_map: torch.Tensor | None = None,
+    ):
         self.images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         self.labels = labels
         self.maps = maps if maps is not None else torch.zeros_like(images[:, :1])
@@ -51,8 +55,12 @@ class TensorSet(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": int(self.labels[i]), "map": self.maps[i],
-                "has_map": bool(self.has_map[i])}
+        return {
+            "image": self.images[i],
+            "label": int(self.labels[i]),
+            "map": self.maps[i],
+            "has_map": bool(self.has_map[i]),
+        }
 
 
 class ImageFolder(Dataset):
@@ -62,8 +70,9 @@ class ImageFolder(Dataset):
     before any training starts rather than in the middle of it.
     """
 
-    def __init__(self, root: str | Path, size: tuple[int, int], maps: str | Path | None = None,
-                 classes: list[str] | None = None):
+    def __init__(
+        self, root: str | Path, size: tuple[int, int], maps: str | Path | None = None, classes: list[str] | None = None
+    ):
         self.root, self.size = Path(root), size
         self.maps_root = Path(maps) if maps is not None else None
         if not self.root.is_dir():
@@ -73,21 +82,28 @@ class ImageFolder(Dataset):
         class_dirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not class_dirs:
             stray = sorted(p.name for p in self.root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:3]
-            hint = f" (found images at the top level: {', '.join(stray)}; move them into class folders)" if stray else ""
-            raise DataError(f"image folder {self.root} has no class sub-folders; "
-                            f"expected {self.root}/<class>/<image>{hint}")
+            hint = (
+                f" (found images at the top level: {', '.join(stray)}; move them into class folders)" if stray else ""
+            )
+            raise DataError(
+                f"image folder {self.root} has no class sub-folders; expected {self.root}/<class>/<image>{hint}"
+            )
         names = [d.name for d in class_dirs]
         self.classes = list(classes) if classes is not None else names
         unknown = [n for n in names if n not in self.classes]
         if unknown:
-            raise DataError(f"image folder {self.root} has classes the model does not know: {', '.join(unknown)} "
-                            f"(known: {', '.join(self.classes)})")
+            raise DataError(
+                f"image folder {self.root} has classes the model does not know: {', '.join(unknown)} "
+                f"(known: {', '.join(self.classes)})"
+            )
         self.samples: list[tuple[Path, int, Path | None]] = []
         for d in class_dirs:
             files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
-                raise DataError(f"class folder {d} holds no images (readable formats: "
-                                f"{', '.join(sorted(IMAGE_EXTENSIONS)[:8])}, ...)")
+                raise DataError(
+                    f"class folder {d} holds no images (readable formats: "
+                    f"{', '.join(sorted(IMAGE_EXTENSIONS)[:8])}, ...)"
+                )
             label = self.classes.index(d.name)
             self.samples += [(p, label, self._map_path(p)) for p in files]
         if self.maps_root is not None:
@@ -97,13 +113,16 @@ class ImageFolder(Dataset):
 
     def _check_strays(self) -> None:
         """A map that matches no image is a naming mistake that would silently drop a correction."""
+        assert self.maps_root is not None
         matched = {m for _, _, m in self.samples if m is not None}
         strays = sorted(p for p in self.maps_root.rglob("*.png") if p not in matched)
         if strays:
             rel = strays[0].relative_to(self.maps_root)
-            raise DataError(f"maps folder {self.maps_root} has {len(strays)} map(s) that match no image in "
-                            f"{self.root}, e.g. {rel} (expected an image {self.root}/{rel.with_suffix('')}.<ext>); "
-                            "a map goes at its image's relative path, with the extension .png")
+            raise DataError(
+                f"maps folder {self.maps_root} has {len(strays)} map(s) that match no image in "
+                f"{self.root}, e.g. {rel} (expected an image {self.root}/{rel.with_suffix('')}.<ext>); "
+                "a map goes at its image's relative path, with the extension .png"
+            )
 
     def _map_path(self, image: Path) -> Path | None:
         if self.maps_root is None:
@@ -137,62 +156,80 @@ class ImageFolder(Dataset):
         return {"image": image, "label": label, "map": m, "has_map": map_path is not None}
 
 
+SizedSet = TensorSet | ImageFolder | Subset  # the data sets training takes: each knows its length
+
+
 @dataclass
 class Data:
     """What training needs: splits, class names, normalisation, and a record of the source."""
+
     classes: list[str]
-    train: Dataset
-    val: Dataset
+    train: SizedSet
+    val: SizedSet
     mean: list[float]
     std: list[float]
     source: dict
-    evals: dict[str, Dataset] = field(default_factory=dict)  # further evaluation sets, e.g. test
+    evals: dict[str, SizedSet] = field(default_factory=dict)  # further evaluation sets, e.g. test
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument("--data", default="decoy-digits",
-                   help=f"a built-in set ({', '.join(BUILTIN)}) or an image folder with one sub-folder per class")
-    g.add_argument("--maps", help="folder of corrected maps parallel to an image folder (optional)")
-    g.add_argument("--val-data", help="image folder for validation; default: a share of --data")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="share of an image folder held out for validation")
-    g.add_argument("--decoy", choices=decoy_digits.DECOY_KINDS, default="glyph", help="decoy-digits: kind of decoy")
-    g.add_argument("--decoy-size", type=int, help="decoy-digits: decoy side in pixels (glyph 8, shade 4)")
-    g.add_argument("--clean", action="store_true", help="decoy-digits: the same splits without decoys")
-    g.add_argument("--data-seed", type=int, default=0, help="decoy-digits: seed of shifts and decoy placement")
+@dataclass
+class DataConfig:
+    """Which images to learn from: a built-in set (and its options) or an image folder."""
+
+    data: str = "decoy-digits"  # a built-in set (BUILTIN) or an image folder with one sub-folder per class
+    maps: str | None = None  # folder of corrected maps parallel to an image folder
+    val_data: str | None = None  # image folder for validation; default: a share of data
+    val_fraction: float = 0.1  # share of an image folder held out for validation
+    decoy: str = "glyph"  # decoy-digits: kind of decoy (decoy_digits.DECOY_KINDS)
+    decoy_size: int | None = None  # decoy-digits: decoy side in pixels (default per kind)
+    clean: bool = False  # decoy-digits: the same splits without decoys
+    data_seed: int = 0  # decoy-digits: seed of shifts and decoy placement; image folders: of the split
 
 
-def builtin_split(args: argparse.Namespace, split: str, size: tuple[int, int]) -> TensorSet:
+def builtin_split(cfg: DataConfig, split: str, size: tuple[int, int]) -> TensorSet:
     """One split of a built-in set at the model's input size."""
-    images, labels, masks, _ = decoy_digits.build(split, args.decoy, args.decoy_size, args.clean, args.data_seed)
+    images, labels, masks, _ = decoy_digits.build(split, cfg.decoy, cfg.decoy_size, cfg.clean, cfg.data_seed)
     if tuple(images.shape[-2:]) != tuple(size):
         images, masks = resize_map(images, size), resize_map(masks, size)
     return TensorSet(images, labels, masks)
 
 
-def load(args: argparse.Namespace, size: tuple[int, int]) -> Data:
+def load(cfg: DataConfig, size: tuple[int, int]) -> Data:
     """The train/val (and, for built-in sets, test and decoy-only) splits named by the arguments."""
-    if args.data in BUILTIN:
-        train = builtin_split(args, "train", size)
-        mean = [float(train.images.mean())] * 3
-        std = [float(train.images.std())] * 3
-        evals = {s: builtin_split(args, s, size) for s in ("test",) + (() if args.clean else ("decoy-only",))}
-        source = {"data": args.data, "decoy": None if args.clean else args.decoy,
-                  "decoy_size": None if args.clean else (args.decoy_size or decoy_digits.DEFAULT_DECOY_SIZE[args.decoy]),
-                  "data_seed": args.data_seed, "train_samples": len(train)}
-        return Data(decoy_digits.CLASSES, train, builtin_split(args, "val", size), mean, std, source, evals)
+    if cfg.data in BUILTIN:
+        tensors = builtin_split(cfg, "train", size)
+        mean = [float(tensors.images.mean())] * 3
+        std = [float(tensors.images.std())] * 3
+        splits = ("test",) + (() if cfg.clean else ("decoy-only",))
+        evals: dict[str, SizedSet] = {s: builtin_split(cfg, s, size) for s in splits}
+        source = {
+            "data": cfg.data,
+            "decoy": None if cfg.clean else cfg.decoy,
+            "decoy_size": None if cfg.clean else (cfg.decoy_size or decoy_digits.DEFAULT_DECOY_SIZE[cfg.decoy]),
+            "data_seed": cfg.data_seed,
+            "train_samples": len(tensors),
+        }
+        return Data(decoy_digits.CLASSES, tensors, builtin_split(cfg, "val", size), mean, std, source, evals)
 
-    folder = ImageFolder(args.data, size, args.maps)
-    if args.val_data:
-        train, val = folder, ImageFolder(args.val_data, size, classes=folder.classes)
+    folder = ImageFolder(cfg.data, size, cfg.maps)
+    train: SizedSet
+    val: SizedSet
+    if cfg.val_data:
+        train, val = folder, ImageFolder(cfg.val_data, size, classes=folder.classes)
     else:
-        n_val = max(1, round(len(folder) * args.val_fraction))
+        n_val = max(1, round(len(folder) * cfg.val_fraction))
         if n_val >= len(folder):
-            raise DataError(f"image folder {args.data} has {len(folder)} images: too few to hold {n_val} out "
-                            "for validation; add images or give --val-data")
-        train, val = random_split(folder, [len(folder) - n_val, n_val], torch.Generator().manual_seed(args.data_seed))
-    source = {"data": str(Path(args.data).resolve()), "maps": str(Path(args.maps).resolve()) if args.maps else None,
-              "train_samples": len(train), "maps_count": folder.map_count}
+            raise DataError(
+                f"image folder {cfg.data} has {len(folder)} images: too few to hold {n_val} out "
+                "for validation; add images or give --val-data"
+            )
+        train, val = random_split(folder, [len(folder) - n_val, n_val], torch.Generator().manual_seed(cfg.data_seed))
+    source = {
+        "data": str(Path(cfg.data).resolve()),
+        "maps": str(Path(cfg.maps).resolve()) if cfg.maps else None,
+        "train_samples": len(train),
+        "maps_count": folder.map_count,
+    }
     return Data(folder.classes, train, val, IMAGENET_MEAN, IMAGENET_STD, source)
 
 
@@ -200,20 +237,20 @@ def _save_gray(t: torch.Tensor, path: Path) -> None:
     Image.fromarray((t.numpy() * 255).round().astype("uint8")).save(path)
 
 
-def export(args: argparse.Namespace, split: str, out: str | Path) -> dict:
+def export(cfg: DataConfig, split: str, out: str | Path) -> dict:
     """Write a built-in split as an image folder (out/images) plus its maps (out/maps)."""
-    if args.data not in BUILTIN:
-        raise DataError(f"unknown built-in set {args.data!r}; choose one of {', '.join(BUILTIN)}")
-    images, labels, masks, _ = decoy_digits.build(split, args.decoy, args.decoy_size, args.clean, args.data_seed)
+    if cfg.data not in BUILTIN:
+        raise DataError(f"unknown built-in set {cfg.data!r}; choose one of {', '.join(BUILTIN)}")
+    images, labels, masks, _ = decoy_digits.build(split, cfg.decoy, cfg.decoy_size, cfg.clean, cfg.data_seed)
     out = Path(out)
     for name in decoy_digits.CLASSES:
         (out / "images" / name).mkdir(parents=True, exist_ok=True)
         (out / "maps" / name).mkdir(parents=True, exist_ok=True)
-    for i in tqdm(range(len(labels)), desc=f"writing {args.data}/{split}", unit="img"):
+    for i in tqdm(range(len(labels)), desc=f"writing {cfg.data}/{split}", unit="img"):
         rel = Path(decoy_digits.CLASSES[int(labels[i])]) / f"{i:05d}.png"
         _save_gray(images[i, 0], out / "images" / rel)
         if masks[i].any():  # decoy-only canvases have no object to attend to
             _save_gray(masks[i, 0], out / "maps" / rel)
-    summary = {"data": args.data, "split": split, "images": len(labels), "out": str(out)}
+    summary = {"data": cfg.data, "split": split, "images": len(labels), "out": str(out)}
     (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -60,12 +60,15 @@ def _decoy(kind: str, cls: int, size: int) -> np.ndarray:
 def _split_indices(n: int) -> dict[str, np.ndarray]:
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
     test = order[:TEST_SIZE]
-    return {"test": test, "decoy-only": test, "val": order[TEST_SIZE:TEST_SIZE + VAL_SIZE],
-            "train": order[TEST_SIZE + VAL_SIZE:]}
+    return {
+        "test": test,
+        "decoy-only": test,
+        "val": order[TEST_SIZE : TEST_SIZE + VAL_SIZE],
+        "train": order[TEST_SIZE + VAL_SIZE :],
+    }
 
 
-def build(split: str, decoy: str = "glyph", decoy_size: int | None = None, clean: bool = False,
-          seed: int = 0) -> Split:
+def build(split: str, decoy: str = "glyph", decoy_size: int | None = None, clean: bool = False, seed: int = 0) -> Split:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if decoy not in DECOY_KINDS:
@@ -92,16 +95,16 @@ def build(split: str, decoy: str = "glyph", decoy_size: int | None = None, clean
     for i in range(n):
         if split != "decoy-only":
             r, c = offset + shifts[i]
-            images[i, 0, r:r + DIGIT, c:c + DIGIT] = scaled[i, 0]
-            masks[i, 0, r:r + DIGIT, c:c + DIGIT] = scaled[i, 0] > INK
+            images[i, 0, r : r + DIGIT, c : c + DIGIT] = scaled[i, 0]
+            masks[i, 0, r : r + DIGIT, c : c + DIGIT] = scaled[i, 0] > INK
         if clean:
             continue
         decoy_class = random_classes[i] if split == "test" else labels[i]
         r = 0 if corners[i] < 2 else CANVAS - size
         c = 0 if corners[i] % 2 == 0 else CANVAS - size
-        images[i, 0, r:r + size, c:c + size] = _decoy(decoy, decoy_class, size)
-        masks[i, 0, r:r + size, c:c + size] = 0
-        decoys[i, 0, r:r + size, c:c + size] = 1
+        images[i, 0, r : r + size, c : c + size] = _decoy(decoy, decoy_class, size)
+        masks[i, 0, r : r + size, c : c + size] = 0
+        decoys[i, 0, r : r + size, c : c + size] = 1
     # 8-bit levels, so that the set written out as PNG reads back identical.
-    images = np.round(images * 255) / 255
+    images = (np.round(images * 255) / 255).astype(np.float32)
     return Split(*(torch.from_numpy(a) for a in (images, labels, masks, decoys)))

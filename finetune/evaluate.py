@@ -15,13 +15,15 @@ def evaluate(model: ABN, dataset: Dataset, mean: list[float], std: list[float], 
     for the items that carry a map, map_share and map_iou (see attention_agreement) and mapped_samples."""
     was_training = model.training
     model.eval()
-    correct = correct_att = loss = n = 0
+    correct = correct_att = n = 0
+    loss = 0.0
     shares, ious = [], []
     for batch in DataLoader(dataset, batch_size=batch_size):
         y = batch["label"]
         out = model(normalize(batch["image"], mean, std))
-        loss += float(F.cross_entropy(out.logits, y, reduction="sum") +
-                      F.cross_entropy(out.attention_logits, y, reduction="sum"))
+        loss += float(
+            F.cross_entropy(out.logits, y, reduction="sum") + F.cross_entropy(out.attention_logits, y, reduction="sum")
+        )
         correct += int((out.logits.argmax(1) == y).sum())
         correct_att += int((out.attention_logits.argmax(1) == y).sum())
         n += len(y)
@@ -33,13 +35,17 @@ def evaluate(model: ABN, dataset: Dataset, mean: list[float], std: list[float], 
     model.train(was_training)
     result = {"accuracy": correct / n, "attention_accuracy": correct_att / n, "loss": loss / n, "samples": n}
     if shares:
-        result.update(map_share=float(torch.cat(shares).mean()), map_iou=float(torch.cat(ious).mean()),
-                      mapped_samples=sum(len(s) for s in shares))
+        result.update(
+            map_share=float(torch.cat(shares).mean()),
+            map_iou=float(torch.cat(ious).mean()),
+            mapped_samples=sum(len(s) for s in shares),
+        )
     return result
 
 
-def attention_agreement(attention: torch.Tensor, region: torch.Tensor, threshold: float = 0.5
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_agreement(
+    attention: torch.Tensor, region: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: the share of the attention's mass inside the region (map >= threshold), and the IoU of
     attention >= threshold with the region. attention N x 1 x h x w; region N x 1 x H x W (image size)."""
     inside = region >= threshold

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 def _disc(radius: int) -> np.ndarray:
     r = np.arange(-radius, radius + 1)
-    return (r[:, None] ** 2 + r[None] ** 2) <= radius ** 2
+    return (r[:, None] ** 2 + r[None] ** 2) <= radius**2
 
 
 def _strokes(targets: np.ndarray, allowed: np.ndarray, radius: int) -> list[tuple[int, int]]:
@@ -31,24 +31,37 @@ def _strokes(targets: np.ndarray, allowed: np.ndarray, radius: int) -> list[tupl
         centres.append((int(y), int(x)))
         y0, x0 = y - radius, x - radius
         sy, sx = slice(max(0, y0), min(h, y + radius + 1)), slice(max(0, x0), min(w, x + radius + 1))
-        covered[sy, sx] |= disc[sy.start - y0:sy.stop - y0, sx.start - x0:sx.stop - x0]
+        covered[sy, sx] |= disc[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0]
     return centres
 
 
-def _paint(canvas: np.ndarray, centres: list[tuple[int, int]], radius: int, value: float,
-           rng: np.random.Generator, miss: float, jitter: float) -> None:
+def _paint(
+    canvas: np.ndarray,
+    centres: list[tuple[int, int]],
+    radius: int,
+    value: float,
+    rng: np.random.Generator,
+    miss: float,
+    jitter: float,
+) -> None:
     h, w = canvas.shape
     yy, xx = np.mgrid[0:h, 0:w]
     for y, x in centres:
         if rng.random() < miss:
             continue
-        if jitter:
-            y, x = y + rng.normal(0, jitter), x + rng.normal(0, jitter)
-        canvas[(yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2] = value
+        cy, cx = (y + rng.normal(0, jitter), x + rng.normal(0, jitter)) if jitter else (y, x)
+        canvas[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = value
 
 
-def correct(mask: np.ndarray, before: np.ndarray | None = None, brush: int = 2, miss: float = 0.0,
-            jitter: float = 0.0, threshold: float = 0.2, seed: int = 0) -> np.ndarray:
+def correct(
+    mask: np.ndarray,
+    before: np.ndarray | None = None,
+    brush: int = 2,
+    miss: float = 0.0,
+    jitter: float = 0.0,
+    threshold: float = 0.2,
+    seed: int = 0,
+) -> np.ndarray:
     """The corrected map (H x W float32 in [0, 1]) for an object mask (H x W bool).
 
     before: the model's map at image size (None: start from a blank map);

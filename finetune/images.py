@@ -60,11 +60,12 @@ def check_aspect(map_size: tuple[int, int], image_size: tuple[int, int], name: s
     """A map (w, h) must have the image's aspect ratio, up to rounding of one pixel."""
     (mw, mh), (iw, ih) = map_size, image_size
     if abs(mh - mw * ih / iw) > 1 and abs(mw - mh * iw / ih) > 1:
-        raise ImageError(f"{name} is {mw}x{mh} but its image is {iw}x{ih}: "
-                         "a map must have its image's aspect ratio (any size)")
+        raise ImageError(
+            f"{name} is {mw}x{mh} but its image is {iw}x{ih}: a map must have its image's aspect ratio (any size)"
+        )
 
 
-def resize_map(m: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_map(m: Tensor, size: tuple[int, ...]) -> Tensor:
     """Resize maps (... x h x w) to size = (h', w'): area average when shrinking, bilinear otherwise."""
     if tuple(m.shape[-2:]) == tuple(size):
         return m

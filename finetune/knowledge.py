@@ -18,7 +18,6 @@ the ignored region's features at weight 1, so a shortcut survives it alone;
 the counterexamples take the shortcut's evidence away.
 """
 
-import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,26 +51,6 @@ class TuneConfig:
     seed: int = 0
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TuneConfig()
-    g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--gamma", type=float, default=d.gamma, help="weight of the map loss L_map (0: off)")
-    g.add_argument("--no-counterexamples", dest="counterexamples", action="store_false",
-                   help="train on the edits alone, as the paper does")
-    g.add_argument("--copies", type=int, default=d.copies, help="counterexamples per edit and pass")
-    g.add_argument("--unfreeze", dest="freeze_features", action="store_false",
-                   help="let the feature extractor learn too")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (SGD, Nesterov, cosine decay)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--seed", type=int, default=d.seed)
-
-
-def config_from(args: argparse.Namespace) -> TuneConfig:
-    return TuneConfig(**{k: getattr(args, k) for k in asdict(TuneConfig())})
-
-
 def map_loss(attention: torch.Tensor, edits: torch.Tensor, has_map: torch.Tensor) -> torch.Tensor:
     """Mean over edited samples of ||M' - M||_2; edits at any size are resized to the map's."""
     if not has_map.any():
@@ -80,15 +59,16 @@ def map_loss(attention: torch.Tensor, edits: torch.Tensor, has_map: torch.Tensor
     return (attention[has_map] - target).flatten(1).norm(dim=1).mean()
 
 
-def counterexamples(images: torch.Tensor, maps: torch.Tensor, has_map: torch.Tensor,
-                    generator: torch.Generator, copies: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def counterexamples(
+    images: torch.Tensor, maps: torch.Tensor, has_map: torch.Tensor, generator: torch.Generator, copies: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each edited image of the batch, copies whose irrelevant pixels come from other images of the
     batch; returns the copies and the indices of the images they were made from."""
     index = has_map.nonzero().flatten().repeat(copies)
     if len(images) < 2 or len(index) == 0:
         return images[:0], index
     if len(index) > len(images):  # at most double a batch, so that many edits do not slow a pass down
-        index = index[torch.randperm(len(index), generator=generator)[:len(images)]]
+        index = index[torch.randperm(len(index), generator=generator)[: len(images)]]
     shift = torch.randint(1, len(images), (len(index),), generator=generator)
     partner = (index + shift) % len(images)  # never the image itself
     keep = maps[index] >= RELEVANT
@@ -102,8 +82,9 @@ def trainable_mode(model: ABN, freeze_features: bool) -> None:
         model.features.eval()
 
 
-def fine_tune(model: ABN, dataset: Dataset, mean: list[float], std: list[float], cfg: TuneConfig,
-              progress: bool = True) -> list[dict]:
+def fine_tune(
+    model: ABN, dataset: Dataset, mean: list[float], std: list[float], cfg: TuneConfig, progress: bool = True
+) -> list[dict]:
     """Fine-tune model in place on dataset (items with and without maps); the per-epoch losses."""
     torch.manual_seed(cfg.seed)
     for p in model.features.parameters():
@@ -118,8 +99,9 @@ def fine_tune(model: ABN, dataset: Dataset, mean: list[float], std: list[float],
         sums = {"loss": 0.0, "att": 0.0, "per": 0.0, "map": 0.0}
         batches = 0
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen)
-        for batch in tqdm(loader, desc=f"fine-tune {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                          disable=not progress):
+        for batch in tqdm(
+            loader, desc=f"fine-tune {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=not progress
+        ):
             x, y, m, has = batch["image"], batch["label"], batch["map"], batch["has_map"]
             if cfg.counterexamples:
                 extra, index = counterexamples(x, m, has, gen, cfg.copies)
@@ -144,22 +126,16 @@ def fine_tune(model: ABN, dataset: Dataset, mean: list[float], std: list[float],
     return history
 
 
-def add_command_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="the model to fine-tune")
-    parser.add_argument("--data", required=True, help="image folder, one sub-folder per class")
-    parser.add_argument("--maps", required=True, help="folder of corrected maps parallel to --data")
-    parser.add_argument("--out", required=True, help="folder for checkpoint.pt, report.json and report.png")
-    add_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> dict:
-    """The finetune command: checkpoint + image folder with corrected maps -> new checkpoint and report."""
-    model, meta = checkpoint.load(args.checkpoint)
-    folder = ImageFolder(args.data, tuple(meta["input_size"]), args.maps, classes=meta["classes"])
+def run(parent: str | Path, images: str | Path, maps: str | Path, out: str | Path, cfg: TuneConfig) -> dict:
+    """The finetune command: the parent checkpoint + an image folder with corrected maps -> a new checkpoint
+    (version + 1) and a report, in out."""
+    model, meta = checkpoint.load(parent)
+    folder = ImageFolder(images, tuple(meta["input_size"]), maps, classes=meta["classes"])
     if folder.map_count == 0:
-        raise DataError(f"no image in {args.data} has a map in {args.maps}: "
-                        f"expected {args.maps}/<class>/<image name>.png beside {args.data}/<class>/<image>")
-    cfg = config_from(args)
+        raise DataError(
+            f"no image in {images} has a map in {maps}: "
+            f"expected {maps}/<class>/<image name>.png beside {images}/<class>/<image>"
+        )
     mean, std = meta["mean"], meta["std"]
     edited = [i for i, (_, _, m) in enumerate(folder.samples) if m is not None][:8]
     shown = torch.stack([folder[i]["image"] for i in edited])
@@ -170,20 +146,34 @@ def run(args: argparse.Namespace) -> dict:
 
     after = evaluate(model, folder, mean, std)
     _, maps_after = predict(model, shown, mean, std)
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tuned_on = {"data": str(Path(args.data).resolve()), "maps": str(Path(args.maps).resolve()),
-                "images": len(folder), "edited": folder.map_count, "config": asdict(cfg)}
+    tuned_on = {
+        "data": str(Path(images).resolve()),
+        "maps": str(Path(maps).resolve()),
+        "images": len(folder),
+        "edited": folder.map_count,
+        "config": asdict(cfg),
+    }
     new_meta = checkpoint.next_version(meta, {"parent": meta["trained_on"], "finetuned_on": tuned_on})
     checkpoint.save(out / "checkpoint.pt", model, new_meta)
-    report = {"parent": str(args.checkpoint), "checkpoint": str(out / "checkpoint.pt"), "version": new_meta["version"],
-              "parent_version": meta["version"], "finetuned_on": tuned_on, "history": history,
-              "before": before, "after": after}
+    report = {
+        "parent": str(parent),
+        "checkpoint": str(out / "checkpoint.pt"),
+        "version": new_meta["version"],
+        "parent_version": meta["version"],
+        "finetuned_on": tuned_on,
+        "history": history,
+        "before": before,
+        "after": after,
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [(folder[i]["image"], [None, maps_before[j], folder[i]["map"], maps_after[j]]) for j, i in enumerate(edited)]
     map_rows(rows, ["image", "map before", "corrected map", "map after"], out / "report.png")
-    print(f"version {meta['version']} -> {new_meta['version']}: accuracy {before['accuracy']:.4f} -> "
-          f"{after['accuracy']:.4f}, attention inside the corrected maps {before['map_share']:.3f} -> "
-          f"{after['map_share']:.3f}, IoU {before['map_iou']:.3f} -> {after['map_iou']:.3f}")
+    print(
+        f"version {meta['version']} -> {new_meta['version']}: accuracy {before['accuracy']:.4f} -> "
+        f"{after['accuracy']:.4f}, attention inside the corrected maps {before['map_share']:.3f} -> "
+        f"{after['map_share']:.3f}, IoU {before['map_iou']:.3f} -> {after['map_iou']:.3f}"
+    )
     print(f"wrote {out / 'checkpoint.pt'}, report.json, report.png")
     return report

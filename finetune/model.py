@@ -7,7 +7,8 @@ and a one-channel attention map M. The perception branch (the real last stage)
 classifies the features re-weighted as (1 + M) * g.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -56,8 +57,14 @@ class AttentionBranch(nn.Module):
 class ABN(nn.Module):
     """features -> (attention branch, perception branch on (1 + M) * features)."""
 
-    def __init__(self, features: nn.Module, attention_branch: AttentionBranch, perception: nn.Module,
-                 perception_channels: int, num_classes: int):
+    def __init__(
+        self,
+        features: nn.Module,
+        attention_branch: AttentionBranch,
+        perception: nn.Module,
+        perception_channels: int,
+        num_classes: int,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.features = features
@@ -97,16 +104,24 @@ class ABN(nn.Module):
 
 def _check_map(attention: Tensor, own: Tensor) -> Tensor:
     b, _, h, w = own.shape
-    if attention.dim() != 4 or attention.shape[1] != 1 or attention.shape[0] not in (1, b) \
-            or tuple(attention.shape[-2:]) != (h, w):
-        raise ValueError(f"attention map must have shape ({b} or 1)x1x{h}x{w}, got {'x'.join(map(str, attention.shape))}")
+    if (
+        attention.dim() != 4
+        or attention.shape[1] != 1
+        or attention.shape[0] not in (1, b)
+        or tuple(attention.shape[-2:]) != (h, w)
+    ):
+        raise ValueError(
+            f"attention map must have shape ({b} or 1)x1x{h}x{w}, got {'x'.join(map(str, attention.shape))}"
+        )
     return attention.to(own.dtype)
 
 
 def _imagenet_abn(block: Block, layers: list[int], num_classes: int) -> ABN:
     """224x224 inputs: stem + layer1..3 are the features (14x14), layer4 perceives."""
     stem = nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
     e = block.expansion
@@ -126,7 +141,9 @@ def _small_abn(block: Block, layers: list[int], widths: tuple[int, int, int], nu
     w1, w2, w3 = widths
     e = block.expansion
     features = nn.Sequential(
-        nn.Conv2d(3, w1, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True),
+        nn.Conv2d(3, w1, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(w1),
+        nn.ReLU(inplace=True),
         make_stage(block, w1, w1, layers[0], stride=1),
         make_stage(block, w1 * e, w2, layers[1], stride=2),
     )

@@ -46,9 +46,16 @@ def export(model: ABN, meta: dict, path: str | Path) -> None:
     with warnings.catch_warnings():
         # the tracer warns about the Python-side shape check, which holds for every batch size
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Exported(model), sample_inputs(meta), str(path), input_names=list(INPUTS),
-                          output_names=list(OUTPUTS), dynamic_axes={n: {0: batch} for n in INPUTS + OUTPUTS},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            _Exported(model),
+            sample_inputs(meta),
+            str(path),
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
+            dynamic_axes={n: {0: batch} for n in INPUTS + OUTPUTS},
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def check(model: ABN, meta: dict, path: str | Path, batch: int = 5) -> dict:

@@ -19,8 +19,9 @@ def _show(ax, image: torch.Tensor, m: torch.Tensor | None, title: str) -> None:
     ax.axis("off")
 
 
-def attention_grid(images: torch.Tensor, maps: torch.Tensor, titles: list[str], path: str | Path,
-                   cols: int = 8) -> None:
+def attention_grid(
+    images: torch.Tensor, maps: torch.Tensor, titles: list[str], path: str | Path, cols: int = 8
+) -> None:
     """images N x 3 x H x W in [0, 1], each with its map (N x 1 x h x w) overlaid."""
     rows = (len(images) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)

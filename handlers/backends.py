@@ -42,7 +42,8 @@ class OnnxBackend:
     def run(self, images: np.ndarray, maps: np.ndarray, supplied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, attention = self.session.run(
             [OUTPUTS[0], OUTPUTS[2]],
-            dict(zip(INPUTS, (images.astype(np.float32), maps.astype(np.float32), supplied.astype(bool)))))
+            dict(zip(INPUTS, (images.astype(np.float32), maps.astype(np.float32), supplied.astype(bool)))),
+        )
         return _softmax(logits), attention[:, 0]
 
 

@@ -1,220 +1,390 @@
-"""The product's command line: `abn <command> ...`."""
+"""The product's command line: `abn <command> ...`.
+
+Parsing and dispatch only: each command turns its arguments into the typed
+configuration of the library it calls (defaults come from those dataclasses
+and serving.settings), calls it, and prints the result.
+"""
 
 import argparse
+import dataclasses
 import json
-import signal
+import logging
 import sqlite3
 import sys
-import threading
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import psycopg
-from PIL import Image
 
-from finetune import checkpoint, data, decoy_digits, knowledge, retrain, train
-from finetune.data import DataError
+from finetune import checkpoint, data, decoy_digits, knowledge, train
+from finetune.data import DataConfig, DataError
 from finetune.evaluate import evaluate
-from serving import client, demo, feedback_server, package, settings
-from serving.feedback_store import SQLiteStore, copy_store, display_url, export_folder, open_store
-from serving.torchserve import ServeConfig, TorchServe
+from finetune.knowledge import TuneConfig
+from finetune.model import list_models
+from serving import demo, retraining, services, settings
+from serving.client import Client
+from serving.feedback import transfer
+from serving.feedback.store import open_store
+from serving.torchserve import archive
+from serving.torchserve.config import ServeConfig, Target
+
+T = TypeVar("T")
+
+# ---- argument groups shared by several commands, and the configurations built from them
+
+
+def _config(cls: type[T], args: argparse.Namespace, **given) -> T:
+    """A cls (a dataclass) with the parsed arguments named like its fields, and the given ones."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in vars(args).items() if k in names and k not in given}, **given)
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DataConfig()
+    g = parser.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        default=d.data,
+        help=f"a built-in set ({', '.join(data.BUILTIN)}) or an image folder with one sub-folder per class",
+    )
+    g.add_argument("--maps", help="folder of corrected maps parallel to an image folder (optional)")
+    g.add_argument("--val-data", help="image folder for validation; default: a share of --data")
+    g.add_argument(
+        "--val-fraction", type=float, default=d.val_fraction, help="share of an image folder held out for validation"
+    )
+    g.add_argument("--decoy", choices=decoy_digits.DECOY_KINDS, default=d.decoy, help="decoy-digits: kind of decoy")
+    g.add_argument("--decoy-size", type=int, help="decoy-digits: decoy side in pixels (glyph 8, shade 4)")
+    g.add_argument("--clean", action="store_true", help="decoy-digits: the same splits without decoys")
+    g.add_argument(
+        "--data-seed", type=int, default=d.data_seed, help="decoy-digits: seed of shifts and decoy placement"
+    )
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    return _config(DataConfig, args)
+
+
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TuneConfig()
+    g = parser.add_argument_group("fine-tuning")
+    g.add_argument("--gamma", type=float, default=d.gamma, help="weight of the map loss L_map (0: off)")
+    g.add_argument(
+        "--no-counterexamples",
+        dest="counterexamples",
+        action="store_false",
+        help="train on the edits alone, as the paper does",
+    )
+    g.add_argument("--copies", type=int, default=d.copies, help="counterexamples per edit and pass")
+    g.add_argument(
+        "--unfreeze", dest="freeze_features", action="store_false", help="let the feature extractor learn too"
+    )
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (SGD, Nesterov, cosine decay)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--seed", type=int, default=d.seed)
+
+
+def _tune_config(args: argparse.Namespace) -> TuneConfig:
+    return _config(TuneConfig, args)
+
+
+def _target_arguments(parser) -> None:
+    """Where TorchServe is, for commands that call it."""
+    d = Target()
+    parser.add_argument("--key-file", default=str(d.key_file), help="TorchServe's key file")
+    parser.add_argument("--inference", default=d.inference, help="TorchServe gRPC inference address")
+    parser.add_argument("--management", default=d.management, help="TorchServe gRPC management address")
+    parser.add_argument("--management-url", default=d.management_url, help="TorchServe HTTP management (token renewal)")
+
+
+def _target(args: argparse.Namespace) -> Target:
+    return Target(args.inference, args.management, args.management_url, Path(args.key_file))
+
+
+def _store_argument(parser) -> None:
+    parser.add_argument(
+        "--store",
+        default=settings.feedback_store(),
+        help=f"feedback store: a file path, sqlite:///path or postgresql://user@host/db "
+        f"(${settings.STORE_ENV} sets the default)",
+    )
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-store", default=settings.MODEL_STORE, help="folder of .mar archives")
+    p.add_argument("--workdir", default=settings.SERVE_WORKDIR, help="TorchServe's config, logs and key_file.json")
+    p.add_argument(
+        "--host",
+        default=settings.default_host(),
+        help=f"address to listen on (beyond loopback only with {settings.LISTEN_ALL_ENV}=1)",
+    )
+    p.add_argument("--port", type=int, default=settings.INFERENCE_PORT, help="gRPC inference port")
+    p.add_argument("--management-port", type=int, default=settings.MANAGEMENT_PORT, help="gRPC management port")
+    p.add_argument("--http-port", type=int, default=settings.HTTP_INFERENCE_PORT, help="HTTP inference port")
+    p.add_argument(
+        "--http-management-port",
+        type=int,
+        default=settings.HTTP_MANAGEMENT_PORT,
+        help="HTTP management port (token renewal)",
+    )
+    p.add_argument("--metrics-port", type=int, default=settings.METRICS_PORT, help="Prometheus metrics port (/metrics)")
+    p.add_argument(
+        "--token-expiration-min",
+        type=float,
+        default=settings.TOKEN_EXPIRATION_MIN,
+        help="minutes TorchServe's inference and management keys live",
+    )
+
+
+def _serve_config(args: argparse.Namespace, models: dict[str, str] | None = None) -> ServeConfig:
+    return ServeConfig(
+        workdir=Path(args.workdir),
+        model_store=Path(args.model_store),
+        models=models or {},
+        host=args.host,
+        grpc_inference_port=args.port,
+        grpc_management_port=args.management_port,
+        http_inference_port=args.http_port,
+        http_management_port=args.http_management_port,
+        metrics_port=args.metrics_port,
+        token_expiration_min=args.token_expiration_min,
+    )
+
+
+def _feedback_arguments(parser) -> None:
+    d = services.FeedbackConfig()
+    _store_argument(parser)
+    parser.add_argument(
+        "--address",
+        default=d.address,
+        help=f"host:port to listen on (beyond loopback only with {settings.LISTEN_ALL_ENV}=1)",
+    )
+    parser.add_argument(
+        "--token-file", default=d.token_file, help="bearer token file (created, owner-only, when absent)"
+    )
+    parser.add_argument("--no-token", action="store_true", help="accept calls without a token")
+    parser.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key, serve TLS")
+    parser.add_argument("--tls-key", help="PEM private key")
+
+
+def _feedback_config(args: argparse.Namespace, checkpoints: list[str] | None = None) -> services.FeedbackConfig:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together: give both, or neither")
+    return services.FeedbackConfig(
+        store=args.store,
+        address=args.address,
+        token_file=None if args.no_token else args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        checkpoints=checkpoints or [],
+    )
+
+
+# ---- the commands
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    train.train(_config(train.TrainConfig, args, data=_data_config(args)))
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    d = train.TrainConfig()
+    parser.add_argument("--arch", default=d.arch, choices=list_models(), help="architecture")
+    parser.add_argument("--input-size", type=int, help="input side in pixels (default: the architecture's)")
+    _data_arguments(parser)
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--optimizer", choices=sorted(train.DEFAULT_LR), default=d.optimizer)
+    g.add_argument("--lr", type=float, help="peak learning rate (sgd 0.1, adamw 0.001)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="sgd momentum (Nesterov)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument(
+        "--schedule",
+        choices=train.SCHEDULES,
+        default=d.schedule,
+        help="learning-rate schedule after warm-up (step: x0.1 at 50%% and 75%%)",
+    )
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up")
+    g.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--name", default=d.name, help="model name recorded in the checkpoint")
+    parser.add_argument("--out", default=d.out, help="output folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     model, meta = checkpoint.load(args.checkpoint)
     size = tuple(meta["input_size"])
-    if args.data in data.BUILTIN:
-        dataset = data.builtin_split(args, args.split, size)
+    cfg = _data_config(args)
+    if cfg.data in data.BUILTIN:
+        dataset: data.SizedSet = data.builtin_split(cfg, args.split, size)
     else:
-        dataset = data.ImageFolder(args.data, size, args.maps, classes=meta["classes"])
+        dataset = data.ImageFolder(cfg.data, size, cfg.maps, classes=meta["classes"])
     result = evaluate(model, dataset, meta["mean"], meta["std"])
-    print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "split": args.split, **result}, indent=2))
+    print(json.dumps({"checkpoint": args.checkpoint, "data": cfg.data, "split": args.split, **result}, indent=2))
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    knowledge.run(args.checkpoint, args.data, args.maps, args.out, _tune_config(args))
+
+
+def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="the model to fine-tune")
+    parser.add_argument("--data", required=True, help="image folder, one sub-folder per class")
+    parser.add_argument("--maps", required=True, help="folder of corrected maps parallel to --data")
+    parser.add_argument("--out", required=True, help="folder for checkpoint.pt, report.json and report.png")
+    _tune_arguments(parser)
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
-    path = package.build(args.checkpoint, args.model_store, args.backend, args.name, args.batch_size,
-                         args.max_batch_delay, args.workers, args.threads)
-    print(f"wrote {path}")
+    cfg = _config(archive.ArchiveConfig, args)
+    print(f"wrote {archive.build(args.checkpoint, args.model_store, cfg, args.name)}")
 
 
-def _check_listen(args: argparse.Namespace) -> None:
-    """Before anything starts: the addresses the command would listen on are allowed."""
-    if "host" in args:
-        settings.check_host(args.host, "TorchServe")
-    if "address" in args:
-        settings.check_host(args.address.rsplit(":", 1)[0], "the feedback service", token_off=args.no_token)
-
-
-def _serve_config(args: argparse.Namespace, models: dict[str, str]) -> ServeConfig:
-    return ServeConfig(workdir=Path(args.workdir), model_store=Path(args.model_store), models=models,
-                       host=args.host, grpc_inference_port=args.port, grpc_management_port=args.management_port,
-                       http_inference_port=args.http_port, http_management_port=args.http_management_port,
-                       metrics_port=args.metrics_port, token_expiration_min=args.token_expiration_min)
-
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-def _wait_for_stop() -> None:
-    """Until SIGINT or SIGTERM; blocking both first makes either end the wait, so the caller cleans up."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    print("Ctrl-C stops it.", flush=True)
-    signal.sigwait(STOP_SIGNALS)
-
-
-def _start_feedback(args: argparse.Namespace, checkpoints: list[str]):
-    store = open_store(args.store)
-    token = None if args.no_token else feedback_server.write_token(args.token_file)
-    tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes()) if args.tls_cert else None
-    server, port = feedback_server.make_server(store, args.address, token, tls,
-                                               feedback_server.known_classes(checkpoints))
-    host = args.address.rsplit(":", 1)[0]
-    print(f"feedback service on {host}:{port} ({'TLS' if tls else 'plaintext'}), store {display_url(args.store)}"
-          + (f", token in {args.token_file}" if token else ", no token"), flush=True)
-    return server, store
-
-
-def _stop_feedback(server, store) -> None:
-    server.stop(grace=30).wait()  # calls in flight finish
-    store.close()
-
-
-def _announce(cfg: ServeConfig) -> None:
-    print(f"TorchServe answers gRPC on {cfg.host}:{cfg.grpc_inference_port} (inference) and "
-          f"{cfg.host}:{cfg.grpc_management_port} (management), Prometheus metrics on {cfg.host}:{cfg.metrics_port}; "
-          f"tokens in {cfg.key_file}; logs in {cfg.workdir / 'logs'}", flush=True)
+def _package_arguments(parser: argparse.ArgumentParser) -> None:
+    d = archive.ArchiveConfig()
+    parser.add_argument("checkpoint")
+    parser.add_argument("--model-store", default=settings.MODEL_STORE, help="folder the .mar is written to")
+    parser.add_argument("--backend", choices=archive.BACKENDS, default=d.backend)
+    parser.add_argument("--name", help="model name in TorchServe (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="largest batch TorchServe forms")
+    parser.add_argument(
+        "--max-batch-delay", type=int, default=d.max_batch_delay, help="ms TorchServe waits to fill a batch"
+    )
+    parser.add_argument("--workers", type=int, default=d.workers, help="worker processes for this model")
+    parser.add_argument("--threads", type=int, help="intra-op threads per worker (default: cores / workers)")
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    _check_listen(args)
-    cfg = _serve_config(args, dict(m.split("=", 1) for m in args.models))
-    with TorchServe(cfg):
-        _announce(cfg)
-        _wait_for_stop()
+    services.serve(_serve_config(args, dict(m.split("=", 1) for m in args.models)))
 
 
-def _start_retrain_schedule(args: argparse.Namespace, cfg: ServeConfig, model: str) -> None:
-    """The retraining job on its schedule, in the background of the main job, against its services."""
-    job = retrain.for_services(cfg, model=model, store=args.store, schedule=args.retrain_schedule)
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the thread inherits it: only the main thread waits
-    threading.Thread(target=retrain.run_on_schedule, args=(job,), daemon=True).start()
+def _cmd_demo(args: argparse.Namespace) -> None:
+    demo.run(_config(demo.DemoConfig, args))
 
 
-def _cmd_up(args: argparse.Namespace) -> None:
-    """The main job, on embedded defaults: train the demo model unless it is trained, archive it, and serve
-    it beside the feedback service."""
-    _check_listen(args)
-    train.train(train.default_args(out=args.out, resume=True, epochs=args.epochs))
-    ckpt = Path(args.out) / "checkpoint.pt"
-    meta = checkpoint.read_metadata(ckpt)
-    mar = Path(args.model_store) / package.archive_name(meta["name"], meta["version"])
-    if not mar.exists() or mar.stat().st_mtime < ckpt.stat().st_mtime:
-        package.build(ckpt, args.model_store)
-    mar = package.served_archive(args.model_store, meta["name"]) or mar  # what retraining promoted last
-    sample = decoy_digits.build("test").images[0, 0]
-    Image.fromarray((sample.numpy() * 255).round().astype("uint8")).save("runs/sample.png")
-    cfg = _serve_config(args, {meta["name"]: mar.name})
-    with TorchServe(cfg):
-        _announce(cfg)
-        server, store = _start_feedback(args, [str(ckpt)])
-        if args.retrain_schedule:
-            _start_retrain_schedule(args, cfg, meta["name"])
-        print("Try it: see README.md, \"Asking for a prediction\" and \"Sending a correction\" (runs/sample.png is "
-              "a test digit)", flush=True)
-        try:
-            _wait_for_stop()
-        finally:
-            _stop_feedback(server, store)
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    d = demo.DemoConfig()
+    parser.add_argument("--out", default=d.out, help="folder for the models, services and reports")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the first model")
+    parser.add_argument(
+        "--corrections", type=int, default=d.corrections, help="most training images the expert corrects"
+    )
+    parser.add_argument("--test-images", type=int, default=d.test_images, help="test images predicted before and after")
 
 
 def _cmd_retrain(args: argparse.Namespace) -> None:
-    if args.schedule:
-        retrain.run_on_schedule(args)
+    cfg = _config(retraining.RetrainConfig, args, target=_target(args), tune=_tune_config(args))
+    if cfg.schedule:
+        retraining.run_on_schedule(cfg)
     else:
-        retrain.run_once(args)
+        retraining.run_once(cfg)
+
+
+def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
+    d = retraining.RetrainConfig()
+    g = parser.add_argument_group("retraining")
+    g.add_argument("--model", default=d.model, help="served model name")
+    _store_argument(g)
+    g.add_argument("--model-store", default=d.model_store, help="TorchServe's model store")
+    g.add_argument("--workdir", default=d.workdir, help="lock, run folders and reports")
+    _target_arguments(g)
+    g.add_argument("--min-feedback", type=int, default=d.min_feedback, help="fewest pending corrections worth a run")
+    g.add_argument("--holdout", type=float, default=d.holdout, help="share of the feedback kept back to check")
+    g.add_argument(
+        "--max-drop", type=float, default=d.max_drop, help="largest fall of held-out accuracy that still promotes"
+    )
+    g.add_argument("--fail-at", choices=retraining.STEPS, help="fail on purpose at this step (for tests)")
+    g.add_argument("--schedule", help='a cron expression, e.g. "0 3 * * *": keep running, one run per slot')
+    _tune_arguments(parser)
+
+
+def _cmd_up(args: argparse.Namespace) -> None:
+    services.up(
+        services.UpConfig(
+            serve=_serve_config(args),
+            feedback=_feedback_config(args),
+            model_out=args.out,
+            epochs=args.epochs,
+            retrain_schedule=args.retrain_schedule,
+        )
+    )
+
+
+def _up_arguments(p: argparse.ArgumentParser) -> None:
+    _serve_arguments(p)
+    p.add_argument("--out", default=settings.DEMO_MODEL, help="folder of the demo model")
+    p.add_argument(
+        "--epochs", type=int, default=train.TrainConfig.epochs, help="epochs of the demo model, when it is trained"
+    )
+    _feedback_arguments(p.add_argument_group("feedback service"))
+    p.add_argument("--retrain-schedule", help='also run `abn retrain` on this cron schedule, e.g. "0 3 * * *"')
 
 
 def _cmd_feedback_serve(args: argparse.Namespace) -> None:
-    _check_listen(args)
-    server, store = _start_feedback(args, args.checkpoint)
-    try:
-        _wait_for_stop()
-    finally:
-        _stop_feedback(server, store)
+    services.feedback(_feedback_config(args, args.checkpoint))
 
 
 def _cmd_feedback_stats(args: argparse.Namespace) -> None:
     store = open_store(args.store, create=False)
-    print(json.dumps(store.stats(args.model), indent=2))
-    store.close()
+    try:
+        print(json.dumps(store.stats(args.model), indent=2))
+    finally:
+        store.close()
 
 
 def _cmd_feedback_export(args: argparse.Namespace) -> None:
     store = open_store(args.store, create=False)
     consumed = {"pending": False, "consumed": True, "all": None}[args.state]
-    print(json.dumps(export_folder(store, args.out, consumed, args.model), indent=2))
-    store.close()
+    try:
+        print(json.dumps(transfer.export_folder(store, args.out, consumed, args.model), indent=2))
+    finally:
+        store.close()
 
 
 def _cmd_feedback_copy(args: argparse.Namespace) -> None:
     source, target = open_store(args.source, create=False), open_store(args.target)
     try:
-        print(json.dumps(copy_store(source, target), indent=2))
+        print(json.dumps(transfer.copy_store(source, target), indent=2))
     finally:
         source.close()
         target.close()
 
 
 def _cmd_feedback_backup(args: argparse.Namespace) -> None:
-    if Path(args.out).exists():
-        raise ValueError(f"{args.out} exists: a backup goes into a new file")
-    store = open_store(args.store, create=False)
-    try:
-        if not isinstance(store, SQLiteStore):
-            raise ValueError("backup copies a SQLite store; back up PostgreSQL with pg_dump")
-        store.backup(args.out)
-    finally:
-        store.close()
+    transfer.backup(args.store, args.out)
     print(f"wrote {args.out}")
 
 
-def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-store", default="runs/model_store", help="folder of .mar archives")
-    p.add_argument("--workdir", default="runs/serve", help="TorchServe's config, logs and key_file.json")
-    p.add_argument("--host", default=settings.default_host(),
-                   help=f"address to listen on (beyond loopback only with {settings.LISTEN_ALL_ENV}=1)")
-    p.add_argument("--port", type=int, default=7070, help="gRPC inference port")
-    p.add_argument("--management-port", type=int, default=7071, help="gRPC management port")
-    p.add_argument("--http-port", type=int, default=8080, help="HTTP inference port")
-    p.add_argument("--http-management-port", type=int, default=8081, help="HTTP management port (token renewal)")
-    p.add_argument("--metrics-port", type=int, default=8082, help="Prometheus metrics port (/metrics)")
-    p.add_argument("--token-expiration-min", type=float, default=60.0,
-                   help="minutes TorchServe's inference and management keys live")
-
-
-def _cmd_health(args: argparse.Namespace) -> None:
+def _cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when TorchServe answers its ping (and the model has a ready worker, and the feedback service
     answers SERVING, where asked); 1 otherwise. The container's HEALTHCHECK."""
-    with client.Client(args.inference, args.key_file, args.management_url, management_target=args.management,
-                       timeout=args.timeout, feedback_target=args.feedback or "127.0.0.1:0",
-                       feedback_ca=args.feedback_ca) as c:
-        checks = {"torchserve": c.ping()}
-        if args.model:
-            checks[f"model {args.model}"] = c.model_ready(args.model)
-        if args.feedback:
-            checks["feedback"] = c.feedback_serving()
+    with Client(
+        args.inference,
+        args.key_file,
+        args.management_url,
+        management_target=args.management,
+        timeout=args.timeout,
+        feedback_target=args.feedback or f"{settings.LOOPBACK}:0",
+        feedback_ca=args.feedback_ca,
+    ) as client:
+        checks = services.health(client, args.model, bool(args.feedback))
     print(json.dumps(checks))
-    if not all(checks.values()):
-        raise SystemExit(1)
+    return 0 if all(checks.values()) else 1
 
 
 def _health_arguments(p: argparse.ArgumentParser) -> None:
-    client.add_arguments(p)
+    _target_arguments(p)
     p.add_argument("--model", default="", help="also ask that this model has a ready worker")
-    p.add_argument("--feedback", default=f"127.0.0.1:{feedback_server.PORT}",
-                   help='the feedback service\'s address ("" to leave it out)')
+    p.add_argument(
+        "--feedback",
+        default=f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}",
+        help='the feedback service\'s address ("" to leave it out)',
+    )
     p.add_argument("--feedback-ca", help="PEM certificate of the feedback service's CA, when it serves TLS")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per call")
+    p.add_argument("--timeout", type=float, default=settings.HEALTH_TIMEOUT_S, help="seconds per call")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -222,7 +392,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_data(args: argparse.Namespace) -> None:
-    print(json.dumps(data.export(args, args.split, args.out), indent=2))
+    print(json.dumps(data.export(_data_config(args), args.split, args.out), indent=2))
 
 
 def _command(sub, name: str, help: str, func, add_arguments=None) -> argparse.ArgumentParser:
@@ -234,60 +404,89 @@ def _command(sub, name: str, help: str, func, add_arguments=None) -> argparse.Ar
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="abn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="abn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    _command(sub, "train", "train a model from scratch", train.train, train.add_arguments)
-    p = _command(sub, "evaluate", "accuracy of a checkpoint on a data set", _cmd_evaluate)
+    _command(sub, "train", "train a model from scratch", _cmd_train, _train_arguments)
+    p = _command(sub, "evaluate", "accuracy of a checkpoint on a data set", _cmd_evaluate, _data_arguments)
     p.add_argument("checkpoint")
-    data.add_arguments(p)
     p.add_argument("--split", choices=decoy_digits.SPLITS, default="test", help="split of a built-in set")
-    _command(sub, "finetune", "fine-tune a checkpoint on corrected attention maps", knowledge.run,
-             knowledge.add_command_arguments)
-    _command(sub, "package", "build a TorchServe archive (.mar) from a checkpoint", _cmd_package,
-             package.add_arguments)
-    p = _command(sub, "serve", "run TorchServe with archives from the model store", _cmd_serve,
-                 _add_serve_arguments)
-    p.add_argument("--models", nargs="+", default=["abn=abn.v1.mar"], help="NAME=ARCHIVE pairs to load")
-    _command(sub, "demo", "the whole loop on built-in data: train, serve, correct, retrain, compare", demo.run,
-             demo.add_arguments)
-    _command(sub, "retrain", "fine-tune the served model on pending feedback and promote it", _cmd_retrain,
-             retrain.add_arguments)
+    _command(sub, "finetune", "fine-tune a checkpoint on corrected attention maps", _cmd_finetune, _finetune_arguments)
+    _command(sub, "package", "build a TorchServe archive (.mar) from a checkpoint", _cmd_package, _package_arguments)
+    p = _command(sub, "serve", "run TorchServe with archives from the model store", _cmd_serve, _serve_arguments)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=[f"{settings.MODEL_NAME}={archive.archive_name(settings.MODEL_NAME, 1)}"],
+        help="NAME=ARCHIVE pairs to load",
+    )
+    _command(
+        sub,
+        "demo",
+        "the whole loop on built-in data: train, serve, correct, retrain, compare",
+        _cmd_demo,
+        _demo_arguments,
+    )
+    _command(
+        sub,
+        "retrain",
+        "fine-tune the served model on pending feedback and promote it",
+        _cmd_retrain,
+        _retrain_arguments,
+    )
 
     fsub = sub.add_parser("feedback", help="the feedback service and its store").add_subparsers(
-        dest="feedback_command", required=True, metavar="command")
-    p = _command(fsub, "serve", "run the feedback service", _cmd_feedback_serve, feedback_server.add_arguments)
-    p.add_argument("--checkpoint", nargs="*", default=[],
-                   help="checkpoints of the served models: labels are checked against their classes")
-    for name, help, func in (("stats", "counts of stored corrections by state, label and model version",
-                              _cmd_feedback_stats),
-                             ("export", "write corrections as an image folder plus a maps folder",
-                              _cmd_feedback_export)):
-        p = _command(fsub, name, help, func)
-        settings.add_store_argument(p)
+        dest="feedback_command", required=True, metavar="command"
+    )
+    p = _command(fsub, "serve", "run the feedback service", _cmd_feedback_serve, _feedback_arguments)
+    p.add_argument(
+        "--checkpoint",
+        nargs="*",
+        default=[],
+        help="checkpoints of the served models: labels are checked against their classes",
+    )
+    for name, help, func in (
+        ("stats", "counts of stored corrections by state, label and model version", _cmd_feedback_stats),
+        ("export", "write corrections as an image folder plus a maps folder", _cmd_feedback_export),
+    ):
+        p = _command(fsub, name, help, func, _store_argument)
         p.add_argument("--model", default="", help="only this model")
     p.add_argument("--out", required=True)
     p.add_argument("--state", choices=("pending", "consumed", "all"), default="all")
-    p = _command(fsub, "copy", "copy every correction, as it is, from one store into another (e.g. to PostgreSQL); "
-                 "rerun after an interruption", _cmd_feedback_copy)
+    p = _command(
+        fsub,
+        "copy",
+        "copy every correction, as it is, from one store into another (e.g. to PostgreSQL); "
+        "rerun after an interruption",
+        _cmd_feedback_copy,
+    )
     p.add_argument("--from", dest="source", required=True, help="store to read")
     p.add_argument("--to", dest="target", required=True, help="store to write")
-    p = _command(fsub, "backup", "copy a SQLite store into a new file while the service runs", _cmd_feedback_backup)
-    settings.add_store_argument(p)
+    p = _command(
+        fsub,
+        "backup",
+        "copy a SQLite store into a new file while the service runs",
+        _cmd_feedback_backup,
+        _store_argument,
+    )
     p.add_argument("--out", required=True, help="the new file")
 
-    p = _command(sub, "up", "the main job on embedded defaults: train the demo model, archive it, serve it",
-                 _cmd_up, _add_serve_arguments)
-    p.add_argument("--out", default="runs/demo", help="folder of the demo model")
-    p.add_argument("--epochs", type=int, default=train.default_args().epochs,
-                   help="epochs of the demo model, when it is trained")
-    feedback_server.add_arguments(p.add_argument_group("feedback service"))
-    p.add_argument("--retrain-schedule", help='also run `abn retrain` on this cron schedule, e.g. "0 3 * * *"')
-    _command(sub, "health", "check that the services answer (exit status 0) or not (1)", _cmd_health,
-             _health_arguments)
+    _command(
+        sub,
+        "up",
+        "the main job on embedded defaults: train the demo model, archive it, serve it",
+        _cmd_up,
+        _up_arguments,
+    )
+    _command(sub, "health", "check that the services answer (exit status 0) or not (1)", _cmd_health, _health_arguments)
     p = _command(sub, "info", "print a checkpoint's metadata", _cmd_info)
     p.add_argument("checkpoint")
-    p = _command(sub, "export-data", "write a built-in set as an image folder plus a maps folder", _cmd_export_data,
-                 data.add_arguments)
+    p = _command(
+        sub,
+        "export-data",
+        "write a built-in set as an image folder plus a maps folder",
+        _cmd_export_data,
+        _data_arguments,
+    )
     p.add_argument("--split", choices=decoy_digits.SPLITS, default="train")
     p.add_argument("--out", required=True, help="folder to write images/ and maps/ into")
     return parser
@@ -295,15 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("serving").setLevel(logging.INFO)  # the services' own lines: health changes, incidents
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (DataError, OSError, ValueError, RuntimeError, sqlite3.Error, psycopg.Error) as e:
         print(f"abn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:
         print(f"abn {args.command}: error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Settings the environment can change: where the services listen, where the feedback is stored.
+"""Every default of the services, once: ports, paths, limits, and the environment variables that change them.
 
 ABN_LISTEN_ALL=1 (set in a container, where the published ports are the only
 way in) makes the services listen on all interfaces by default and allows any
@@ -16,9 +16,43 @@ import os
 LISTEN_ALL_ENV = "ABN_LISTEN_ALL"
 STORE_ENV = "ABN_FEEDBACK_STORE"
 
+LOOPBACK = "127.0.0.1"
+MODEL_NAME = "abn"
+
+# Ports
+INFERENCE_PORT = 7070  # TorchServe gRPC inference
+MANAGEMENT_PORT = 7071  # TorchServe gRPC management
+FEEDBACK_PORT = 7072  # the feedback service (gRPC)
+HTTP_INFERENCE_PORT = 8080  # TorchServe HTTP inference
+HTTP_MANAGEMENT_PORT = 8081  # TorchServe HTTP management: token renewal
+METRICS_PORT = 8082  # TorchServe Prometheus metrics
+
+# Paths, relative to the working folder
+RUNS = "runs"
+DEMO_MODEL = f"{RUNS}/demo"  # the model `abn up` trains
+MODEL_STORE = f"{RUNS}/model_store"
+SERVE_WORKDIR = f"{RUNS}/serve"  # TorchServe's config, logs and key file
+KEY_FILE = f"{SERVE_WORKDIR}/key_file.json"
+FEEDBACK_STORE = f"{RUNS}/feedback.db"
+FEEDBACK_TOKEN_FILE = f"{RUNS}/feedback_token"
+RETRAIN_WORKDIR = f"{RUNS}/retrain"
+
+# Limits
+TORCHSERVE_MAX_MESSAGE_BYTES = 6_553_500  # TorchServe's default request and response size; a 2048x2048 PNG fits
+FEEDBACK_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # one correction: its image and map
+MAX_TEXT = 256  # longest name, label, author, key or id the feedback service accepts
+TOKEN_EXPIRATION_MIN = 60.0  # TorchServe's inference and management keys
+CALL_TIMEOUT_S = 60.0  # a client's deadline per call
+HEALTH_TIMEOUT_S = 5.0  # `abn health`'s deadline per call
+STORE_CONNECT_TIMEOUT_S = 10  # connecting to PostgreSQL; libpq alone would wait forever
+STORE_STATEMENT_TIMEOUT_S = 30  # one PostgreSQL statement, lock waits included
+STORE_PROBE_INTERVAL_S = 2.0  # how often the feedback service's health checks its store
+FEEDBACK_RETRIES = 3  # attempts of a submission while the feedback service is unavailable
+SHUTDOWN_GRACE_S = 30  # calls in flight may finish within this when a service stops
+
 
 def feedback_store() -> str:
-    return os.environ.get(STORE_ENV) or "runs/feedback.db"
+    return os.environ.get(STORE_ENV) or FEEDBACK_STORE
 
 
 def listen_all() -> bool:
@@ -26,7 +60,7 @@ def listen_all() -> bool:
 
 
 def default_host() -> str:
-    return "0.0.0.0" if listen_all() else "127.0.0.1"
+    return "0.0.0.0" if listen_all() else LOOPBACK
 
 
 def is_loopback(host: str) -> bool:
@@ -44,13 +78,14 @@ def check_host(host: str, what: str, token_off: bool = False) -> None:
     if is_loopback(host):
         return
     if not listen_all():
-        raise ValueError(f"{what} would listen on {host}, beyond this machine: set {LISTEN_ALL_ENV}=1 to allow it "
-                         f"(it listens on 127.0.0.1 otherwise)")
+        raise ValueError(
+            f"{what} would listen on {host}, beyond this machine: set {LISTEN_ALL_ENV}=1 to allow it "
+            f"(it listens on {LOOPBACK} otherwise)"
+        )
     if token_off:
         raise ValueError(f"{what} cannot run without a token on {host}: drop --no-token")
 
 
-def add_store_argument(parser) -> None:
-    parser.add_argument("--store", default=feedback_store(),
-                        help=f"feedback store: a file path, sqlite:///path or postgresql://user@host/db "
-                             f"(${STORE_ENV} sets the default)")
+def local_address(host: str) -> str:
+    """The address a client on this machine uses for a service listening on host."""
+    return LOOPBACK if host in ("0.0.0.0", "::", "") else host

@@ -26,10 +26,10 @@ from dockerfile_parse import DockerfileParser
 from PIL import Image
 
 from finetune import decoy_digits
+from handlers.stubs.torchserve import inference_pb2, inference_pb2_grpc
 from serving import cli
 from serving.client import Client
-from serving.stubs.torchserve import inference_pb2, inference_pb2_grpc
-from serving.torchserve import free_port
+from serving.torchserve.config import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = DockerfileParser(path=str(ROOT / "Dockerfile"))
@@ -43,7 +43,7 @@ def instructions(name: str) -> list[str]:
 
 def final_stage() -> list[dict]:
     starts = [i for i, s in enumerate(DOCKERFILE.structure) if s["instruction"] == "FROM"]
-    return DOCKERFILE.structure[starts[-1]:]
+    return DOCKERFILE.structure[starts[-1] :]
 
 
 def argv(value: str) -> list[str]:
@@ -148,8 +148,10 @@ class Container:
 
     def __init__(self, root: Path):
         self.root = root
-        self.ports = {name: free_port() for name in ("port", "management-port", "http-port", "http-management-port",
-                                                     "metrics-port", "feedback")}
+        self.ports = {
+            name: free_port()
+            for name in ("port", "management-port", "http-port", "http-management-port", "metrics-port", "feedback")
+        }
         env = {k: v for k, v in DOCKERFILE.envs.items() if k != "PATH"}
         self.env = {**os.environ, **env, "ABN_LISTEN_ALL": "1"}
 
@@ -168,18 +170,31 @@ class Container:
 
     def start(self) -> None:
         p = self.ports
-        command = argv(instructions("CMD")[-1]) + ["--epochs", "1", "--address", f"0.0.0.0:{p['feedback']}"] + [
-            f"--{name}={port}" for name, port in p.items() if name != "feedback"]
+        command = (
+            argv(instructions("CMD")[-1])
+            + ["--epochs", "1", "--address", f"0.0.0.0:{p['feedback']}"]
+            + [f"--{name}={port}" for name, port in p.items() if name != "feedback"]
+        )
         self.log = open(self.root / "up.log", "w")
-        self.process = subprocess.Popen([ABN, *command[1:]], cwd=self.root, env=self.env, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [ABN, *command[1:]], cwd=self.root, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def health(self) -> subprocess.CompletedProcess:
         p = self.ports
-        return self.run(argv(instructions("HEALTHCHECK")[-1]) + [
-            "--inference", f"127.0.0.1:{p['port']}", "--management", f"127.0.0.1:{p['management-port']}",
-            "--management-url", f"http://127.0.0.1:{p['http-management-port']}",
-            "--feedback", f"127.0.0.1:{p['feedback']}"])
+        return self.run(
+            argv(instructions("HEALTHCHECK")[-1])
+            + [
+                "--inference",
+                f"127.0.0.1:{p['port']}",
+                "--management",
+                f"127.0.0.1:{p['management-port']}",
+                "--management-url",
+                f"http://127.0.0.1:{p['http-management-port']}",
+                "--feedback",
+                f"127.0.0.1:{p['feedback']}",
+            ]
+        )
 
     def wait_healthy(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -227,10 +242,14 @@ def test_from_outside_the_services_answer_with_tokens_only(container):
     p, root = container.ports, container.root
     image = sample_png()
     token_file = argv(instructions("CMD")[-1])[-1]  # --token-file's value
-    with Client(f"{host}:{p['port']}", key_file=root / "runs/serve/key_file.json",
-                management_url=f"http://{host}:{p['http-management-port']}",
-                management_target=f"{host}:{p['management-port']}", feedback_target=f"{host}:{p['feedback']}",
-                feedback_token_file=root / token_file) as client:
+    with Client(
+        f"{host}:{p['port']}",
+        key_file=root / "runs/serve/key_file.json",
+        management_url=f"http://{host}:{p['http-management-port']}",
+        management_target=f"{host}:{p['management-port']}",
+        feedback_target=f"{host}:{p['feedback']}",
+        feedback_token_file=root / token_file,
+    ) as client:
         prediction = client.predict(image, top_k=2)
         assert prediction.model_name == "abn" and prediction.model_version == "1" and len(prediction.scores) == 2
         answer = client.submit_feedback(image, np.ones((4, 4), np.float32), prediction=prediction, label="6")
@@ -238,7 +257,8 @@ def test_from_outside_the_services_answer_with_tokens_only(container):
     with grpc.insecure_channel(f"{host}:{p['port']}") as channel:  # no token
         with pytest.raises(grpc.RpcError) as refused:
             inference_pb2_grpc.InferenceAPIsServiceStub(channel).Predictions(
-                inference_pb2.PredictionsRequest(model_name="abn", input={"data": image}), timeout=30)
+                inference_pb2.PredictionsRequest(model_name="abn", input={"data": image}), timeout=30
+            )
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with Client(feedback_target=f"{host}:{p['feedback']}") as stranger:  # no feedback token
         with pytest.raises(grpc.RpcError) as refused:

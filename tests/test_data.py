@@ -1,28 +1,18 @@
-import argparse
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from finetune import data, decoy_digits
-from finetune.data import DataError, ImageFolder
-
-
-def data_args(**kw) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    data.add_arguments(parser)
-    args = parser.parse_args([])
-    for k, v in kw.items():
-        setattr(args, k, v)
-    return args
+from finetune.data import DataConfig, DataError, ImageFolder
 
 
 def corner_patches(images: torch.Tensor, size: int) -> torch.Tensor:
     s = size
     c = decoy_digits.CANVAS
-    return torch.stack([images[:, 0, :s, :s], images[:, 0, :s, c - s:], images[:, 0, c - s:, :s],
-                        images[:, 0, c - s:, c - s:]], 1)  # N x 4 x s x s
+    return torch.stack(
+        [images[:, 0, :s, :s], images[:, 0, :s, c - s :], images[:, 0, c - s :, :s], images[:, 0, c - s :, c - s :]], 1
+    )  # N x 4 x s x s
 
 
 def decoy_class(images: torch.Tensor) -> torch.Tensor:
@@ -104,7 +94,7 @@ def test_shade_decoy_and_size():
 
 
 def test_export_reads_back_identical(tmp_path):
-    args = data_args()
+    args = DataConfig()
     summary = data.export(args, "val", tmp_path)
     assert summary["images"] == 180
     folder = ImageFolder(tmp_path / "images", (32, 32), tmp_path / "maps")
@@ -184,8 +174,11 @@ def test_unreadable_image_or_map(tmp_path):
 def test_map_with_another_aspect_ratio(tmp_path):
     write_image(tmp_path / "img/cat/a.png", (20, 10))
     write_image(tmp_path / "maps/cat/a.png", (10, 10), mode="L")
-    with pytest.raises(DataError, match=r"map .*/maps/cat/a.png is 10x10 but its image is 20x10: "
-                                        "a map must have its image's aspect ratio"):
+    with pytest.raises(
+        DataError,
+        match=r"map .*/maps/cat/a.png is 10x10 but its image is 20x10: "
+        "a map must have its image's aspect ratio",
+    ):
         ImageFolder(tmp_path / "img", (32, 32), tmp_path / "maps")
     write_image(tmp_path / "maps/cat/a.png", (7, 3), mode="L")  # 7x3.5 rounded: accepted
     assert ImageFolder(tmp_path / "img", (32, 32), tmp_path / "maps").map_count == 1
@@ -194,18 +187,18 @@ def test_map_with_another_aspect_ratio(tmp_path):
 def test_load_splits_an_image_folder_for_validation(tmp_path):
     for i in range(10):
         write_image(tmp_path / f"img/{'ab'[i % 2]}/{i}.png", value=i * 20)
-    d = data.load(data_args(data=str(tmp_path / "img"), val_fraction=0.2), (32, 32))
+    d = data.load(DataConfig(data=str(tmp_path / "img"), val_fraction=0.2), (32, 32))
     assert len(d.train) == 8 and len(d.val) == 2 and d.classes == ["a", "b"]
     assert d.mean == data.IMAGENET_MEAN and d.evals == {}
     with pytest.raises(DataError, match="too few to hold"):
-        data.load(data_args(data=str(tmp_path / "img"), val_fraction=1.0), (32, 32))
+        data.load(DataConfig(data=str(tmp_path / "img"), val_fraction=1.0), (32, 32))
 
 
 def test_builtin_load_has_test_and_decoy_only():
-    d = data.load(data_args(), (32, 32))
+    d = data.load(DataConfig(), (32, 32))
     assert sorted(d.evals) == ["decoy-only", "test"]
     assert d.source["decoy"] == "glyph" and d.source["decoy_size"] == 8
-    clean = data.load(data_args(clean=True), (32, 32))
+    clean = data.load(DataConfig(clean=True), (32, 32))
     assert sorted(clean.evals) == ["test"] and clean.source["decoy"] is None
-    big = data.load(data_args(), (64, 64))
+    big = data.load(DataConfig(), (64, 64))
     assert big.train[0]["image"].shape == (3, 64, 64) and big.train[0]["map"].shape == (1, 64, 64)

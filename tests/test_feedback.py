@@ -19,13 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from finetune.data import ImageFolder
-from serving import cli, wire
+from handlers import wire
+from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
+from handlers.stubs.abn.v1.prediction_pb2 import AttentionMap
+from serving import cli, settings
 from serving.client import Client
-from serving.feedback_server import make_server, write_token
-from serving.feedback_store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, export_folder
-from serving.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
-from serving.stubs.abn.v1.prediction_pb2 import AttentionMap
-from serving.torchserve import free_port
+from serving.feedback.client import FeedbackClient
+from serving.feedback.server import FeedbackServer, write_token
+from serving.feedback.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from serving.feedback.transfer import export_folder
+from serving.torchserve.config import free_port
 
 CLASSES = {"abn": [str(d) for d in range(10)]}
 
@@ -38,7 +41,7 @@ def png(seed: int, size=(32, 32)) -> bytes:
 
 def a_map(h=16, w=16, value=0.5) -> np.ndarray:
     m = np.zeros((h, w), np.float32)
-    m[h // 4:3 * h // 4, w // 4:3 * w // 4] = value
+    m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = value
     return m
 
 
@@ -46,11 +49,12 @@ def a_map(h=16, w=16, value=0.5) -> np.ndarray:
 def service(tmp_path):
     store = SQLiteStore(tmp_path / "feedback.db")
     token = write_token(tmp_path / "token")
-    server, port = make_server(store, "127.0.0.1:0", token, classes=CLASSES)
+    server = FeedbackServer(store, "127.0.0.1:0", token, classes=CLASSES)
+    port = server.port
     client = Client(feedback_target=f"127.0.0.1:{port}", feedback_token_file=tmp_path / "token")
     yield {"client": client, "store": store, "port": port, "token": token, "path": tmp_path / "feedback.db"}
     client.close()
-    server.stop(grace=5).wait()
+    server.stop(grace=5)
     store.close()
 
 
@@ -63,8 +67,9 @@ def test_token_file_is_private_and_kept(tmp_path):
 def test_submit_get_list_round_trip(service):
     client = service["client"]
     image, m = png(1), a_map()
-    answer = client.submit_feedback(image, m, label="3", author="ana", model_name="abn", model_version="1",
-                                    idempotency_key="k1")
+    answer = client.submit_feedback(
+        image, m, label="3", author="ana", model_name="abn", model_version="1", idempotency_key="k1"
+    )
     assert answer.created and len(answer.id) == 32
     got = client.get_feedback(answer.id)
     assert got.image == image and np.array_equal(wire.map_from_proto(got.attention), m)
@@ -112,31 +117,37 @@ def test_images_are_stored_once(service):
 def test_sixteen_threads_lose_nothing(service):
     client, store = service["client"], service["store"]
     with ThreadPoolExecutor(16) as pool:
-        ids = list(pool.map(lambda i: client.submit_feedback(png(i), a_map(), idempotency_key=f"t{i}").id,
-                            range(160)))
+        ids = list(pool.map(lambda i: client.submit_feedback(png(i), a_map(), idempotency_key=f"t{i}").id, range(160)))
     assert len(set(ids)) == 160
     assert {item.id for item in store.items(with_data=False)} == set(ids)
 
 
-@pytest.mark.parametrize("change,code,message", [
-    (dict(image=b""), "INVALID_ARGUMENT", "image is empty"),
-    (dict(image=b"not an image"), "INVALID_ARGUMENT", "image cannot be decoded"),
-    (dict(attention=None), "INVALID_ARGUMENT", "attention: missing"),
-    (dict(attention=wire.map_to_proto(np.full((4, 4), np.nan))), "INVALID_ARGUMENT", "values must be finite"),
-    (dict(attention=wire.map_to_proto(np.full((4, 4), -0.5))), "INVALID_ARGUMENT", "values must lie in [0, 1]"),
-    (dict(attention=wire.map_to_proto(np.ones((1, 1)))), "INVALID_ARGUMENT", "between 2 and 1024, got 1x1"),
-    (dict(attention=wire.map_to_proto(np.ones((1025, 1025)))), "INVALID_ARGUMENT", "got 1025x1025"),
-    (dict(attention=AttentionMap(height=4, width=4, values=[0.5] * 3)), "INVALID_ARGUMENT",
-     "4x4 map needs 16 values, got 3"),
-    (dict(attention=wire.map_to_proto(np.ones((4, 8)))), "INVALID_ARGUMENT", "aspect ratio"),
-    (dict(label="cat", model_name="abn"), "INVALID_ARGUMENT", "label: 'cat' is not a class of model 'abn'"),
-    (dict(author="x" * 300), "INVALID_ARGUMENT", "author: longer than 256"),
-    (dict(image=b"\x00" * (17 * 1024 * 1024)), "RESOURCE_EXHAUSTED", ""),
-])
+@pytest.mark.parametrize(
+    "change,code,message",
+    [
+        (dict(image=b""), "INVALID_ARGUMENT", "image is empty"),
+        (dict(image=b"not an image"), "INVALID_ARGUMENT", "image cannot be decoded"),
+        (dict(attention=None), "INVALID_ARGUMENT", "attention: missing"),
+        (dict(attention=wire.map_to_proto(np.full((4, 4), np.nan))), "INVALID_ARGUMENT", "values must be finite"),
+        (dict(attention=wire.map_to_proto(np.full((4, 4), -0.5))), "INVALID_ARGUMENT", "values must lie in [0, 1]"),
+        (dict(attention=wire.map_to_proto(np.ones((1, 1)))), "INVALID_ARGUMENT", "between 2 and 1024, got 1x1"),
+        (dict(attention=wire.map_to_proto(np.ones((1025, 1025)))), "INVALID_ARGUMENT", "got 1025x1025"),
+        (
+            dict(attention=AttentionMap(height=4, width=4, values=[0.5] * 3)),
+            "INVALID_ARGUMENT",
+            "4x4 map needs 16 values, got 3",
+        ),
+        (dict(attention=wire.map_to_proto(np.ones((4, 8)))), "INVALID_ARGUMENT", "aspect ratio"),
+        (dict(label="cat", model_name="abn"), "INVALID_ARGUMENT", "label: 'cat' is not a class of model 'abn'"),
+        (dict(author="x" * 300), "INVALID_ARGUMENT", "author: longer than 256"),
+    ],
+)
 def test_bad_input_is_rejected_and_nothing_is_written(service, change, code, message):
     client, store = service["client"], service["store"]
-    request = feedback_pb2.SubmitFeedbackRequest(image=png(1), attention=wire.map_to_proto(a_map()),
-                                                 idempotency_key="bad")
+    stub = feedback_pb2_grpc.FeedbackServiceStub(grpc.insecure_channel(f"127.0.0.1:{service['port']}"))
+    request = feedback_pb2.SubmitFeedbackRequest(
+        image=png(1), attention=wire.map_to_proto(a_map()), idempotency_key="bad"
+    )
     for k, v in change.items():
         if v is None:
             request.ClearField(k)
@@ -145,12 +156,35 @@ def test_bad_input_is_rejected_and_nothing_is_written(service, change, code, mes
         else:
             setattr(request, k, v)
     with pytest.raises(grpc.RpcError) as e:
-        client._feedback.SubmitFeedback(request, metadata=client._feedback_metadata, timeout=30)
+        stub.SubmitFeedback(request, metadata=[("authorization", f"Bearer {service['token']}")], timeout=30)
     assert e.value.code() == getattr(grpc.StatusCode, code)
     assert message in e.value.details()
     assert store.stats()["total"] == 0
     assert sqlite3.connect(service["path"]).execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
     assert client.submit_feedback(png(1), a_map()).created  # still serving
+
+
+def test_the_message_limit_is_the_services_and_the_clients_one_setting(service):
+    """Over a raw channel that would send anything, the service itself refuses a message above the limit; just
+    under it, the message reaches validation. The client refuses to send what the service would refuse."""
+    limit = settings.FEEDBACK_MAX_MESSAGE_BYTES
+    metadata = [("authorization", f"Bearer {service['token']}")]
+    with grpc.insecure_channel(f"127.0.0.1:{service['port']}", options=[("grpc.max_send_message_length", -1)]) as raw:
+        stub = feedback_pb2_grpc.FeedbackServiceStub(raw)
+        attention = wire.map_to_proto(a_map())
+        for size, code in (
+            (limit + 1024, grpc.StatusCode.RESOURCE_EXHAUSTED),
+            (limit - 64 * 1024, grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            request = feedback_pb2.SubmitFeedbackRequest(image=b"\x00" * size, attention=attention)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.SubmitFeedback(request, metadata=metadata, timeout=60)
+            assert e.value.code() == code, (size, e.value.details())
+        assert "image cannot be decoded" in e.value.details()  # under the limit, it was read
+    with pytest.raises(grpc.RpcError) as e:
+        service["client"].submit_feedback(b"\x00" * (limit + 1024), a_map())
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "Sent message larger than max" in e.value.details()
+    assert service["store"].stats()["total"] == 0
 
 
 def test_unknown_model_labels_are_not_checked_and_get_of_unknown_id(service):
@@ -171,11 +205,25 @@ def test_a_call_without_the_token_is_refused_but_health_and_reflection_answer(se
             with pytest.raises(grpc.RpcError) as e:
                 list(stub.ListFeedback(feedback_pb2.ListFeedbackRequest(), metadata=metadata, timeout=10))
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="abn.v1.FeedbackService"))
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="abn.v1.FeedbackService")
+        )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     buf = Path(sys.executable).parent / "buf"
-    listed = subprocess.run([str(buf), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-methods",
-                             f"http://127.0.0.1:{service['port']}"], capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [
+            str(buf),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--list-methods",
+            f"http://127.0.0.1:{service['port']}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "abn.v1.FeedbackService/SubmitFeedback" in listed.stdout, listed.stderr
 
 
@@ -194,8 +242,12 @@ def test_feedback_commands(service, tmp_path, capsys):
     service["client"].submit_feedback(png(1), a_map(), label="3", model_name="abn")
     assert cli.main(["feedback", "stats", "--store", str(service["path"])]) == 0
     assert json.loads(capsys.readouterr().out)["by_label"] == {"3": 1}
-    assert cli.main(["feedback", "export", "--store", str(service["path"]), "--out", str(tmp_path / "x"),
-                     "--state", "pending"]) == 0
+    assert (
+        cli.main(
+            ["feedback", "export", "--store", str(service["path"]), "--out", str(tmp_path / "x"), "--state", "pending"]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["written"] == 1
     assert len(list((tmp_path / "x" / "maps" / "3").glob("*.png"))) == 1
 
@@ -214,8 +266,19 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):
 
 def test_every_acknowledged_submission_survives_sigkill(tmp_path):
     port, db_path = free_port(), tmp_path / "feedback.db"
-    command = [sys.executable, "-m", "serving.cli", "feedback", "serve", "--store", str(db_path),
-               "--address", f"127.0.0.1:{port}", "--token-file", str(tmp_path / "token")]
+    command = [
+        sys.executable,
+        "-m",
+        "serving.cli",
+        "feedback",
+        "serve",
+        "--store",
+        str(db_path),
+        "--address",
+        f"127.0.0.1:{port}",
+        "--token-file",
+        str(tmp_path / "token"),
+    ]
 
     def start():
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -223,7 +286,8 @@ def test_every_acknowledged_submission_survives_sigkill(tmp_path):
         return process
 
     server = start()
-    client = Client(feedback_target=f"127.0.0.1:{port}", feedback_token_file=tmp_path / "token", timeout=10)
+    # one try per submission: the first refusal means the server is gone
+    client = FeedbackClient(f"127.0.0.1:{port}", tmp_path / "token", timeout=10, retries=1)
     acknowledged, lock, stop = [], threading.Lock(), threading.Event()
 
     def load(worker: int):
@@ -231,11 +295,7 @@ def test_every_acknowledged_submission_survives_sigkill(tmp_path):
             if stop.is_set():
                 return
             try:
-                answer = client._feedback.SubmitFeedback(
-                    feedback_pb2.SubmitFeedbackRequest(image=png(worker * 10_000 + i),
-                                                       attention=wire.map_to_proto(a_map()),
-                                                       idempotency_key=f"{worker}-{i}"),
-                    metadata=client._feedback_metadata, timeout=10)
+                answer = client.submit(png(worker * 10_000 + i), a_map(), idempotency_key=f"{worker}-{i}")
             except grpc.RpcError:
                 return  # the server is gone
             with lock:
@@ -268,16 +328,40 @@ def test_every_acknowledged_submission_survives_sigkill(tmp_path):
 
 
 def test_tls_when_a_certificate_and_key_are_given(tmp_path):
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
-                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     store = SQLiteStore(tmp_path / "f.db")
     tls = ((tmp_path / "cert.pem").read_bytes(), (tmp_path / "key.pem").read_bytes())
-    server, port = make_server(store, "127.0.0.1:0", token="secret", tls=tls)
+    server = FeedbackServer(store, "127.0.0.1:0", token="secret", tls=tls)
+    port = server.port
     (tmp_path / "token").write_text("secret")
     try:
-        client = Client(feedback_target=f"localhost:{port}", feedback_token_file=tmp_path / "token",
-                        feedback_ca=tmp_path / "cert.pem", timeout=10)
+        client = Client(
+            feedback_target=f"localhost:{port}",
+            feedback_token_file=tmp_path / "token",
+            feedback_ca=tmp_path / "cert.pem",
+            timeout=10,
+        )
         assert client.submit_feedback(png(1), a_map()).created
         client.close()
         plain = Client(feedback_target=f"127.0.0.1:{port}", feedback_token_file=tmp_path / "token", timeout=5)
@@ -286,5 +370,5 @@ def test_tls_when_a_certificate_and_key_are_given(tmp_path):
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         plain.close()
     finally:
-        server.stop(grace=5).wait()
+        server.stop(grace=5)
         store.close()

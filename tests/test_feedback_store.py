@@ -1,34 +1,30 @@
-"""The feedback store itself, on SQLite and on a real, throwaway PostgreSQL server.
+"""The feedback store itself, on SQLite and on a real, throwaway PostgreSQL server (tests/conftest.py)."""
 
-The PostgreSQL server: $ABN_TEST_POSTGRES_URL when set (a fresh database is made in it per test, and
-dropped), else one started here from the server binaries (initdb, pg_ctl) in a temporary folder and
-removed afterwards; without either, the PostgreSQL tests are skipped.
-"""
-
-import glob
 import io
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
-import psycopg
 import pytest
 from PIL import Image
 
 from serving import cli
 from serving.client import Client
-from serving.feedback_server import make_server
-from serving.feedback_store import (MIGRATIONS, POSTGRES_MIGRATIONS, SCHEMA_VERSION, ConflictError, Item,
-                                    PostgresStore, SQLiteStore, copy_store, display_url, open_store)
-from serving.torchserve import free_port
+from serving.feedback.server import FeedbackServer
+from serving.feedback.store import (
+    MIGRATIONS,
+    POSTGRES_MIGRATIONS,
+    SCHEMA_VERSION,
+    ConflictError,
+    Item,
+    PostgresStore,
+    SQLiteStore,
+    display_url,
+    open_store,
+)
+from serving.feedback.transfer import copy_store
+from serving.torchserve.config import free_port
 
 
 def png(seed: int) -> bytes:
@@ -44,58 +40,6 @@ def an_item(seed: int = 1, **fields) -> Item:
 
 def count(store, table: str) -> int:
     return store._execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-
-
-def find_initdb() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    path = found[-1] if found else shutil.which("initdb")
-    return Path(path) if path else None
-
-
-def with_database(url: str, name: str) -> str:
-    return urlsplit(url)._replace(path=f"/{name}").geturl()
-
-
-@pytest.fixture(scope="module")
-def postgres_server():
-    """A URL of a PostgreSQL server on which the tests may create databases."""
-    if os.environ.get("ABN_TEST_POSTGRES_URL"):
-        yield os.environ["ABN_TEST_POSTGRES_URL"]
-        return
-    initdb = find_initdb()
-    if initdb is None:
-        pytest.skip("no PostgreSQL server binaries (initdb): install postgresql or set ABN_TEST_POSTGRES_URL")
-    # PostgreSQL will not run as root: then the server runs as the postgres user, owning a folder outside
-    # pytest's (which only root may enter).
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="abn-postgres-"))
-    if as_user:
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", free_port()
-    pg_ctl = [*as_user, str(initdb.parent / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
-    try:
-        subprocess.run([*as_user, str(initdb), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync",
-                        "-E", "UTF8", "--locale=C"], check=True, capture_output=True, timeout=120)
-        # fsync off: a throwaway server need not survive a crash, and it makes CREATE DATABASE quick
-        subprocess.run([*pg_ctl, "-l", str(folder / "log"), "-o",
-                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -F", "start"],
-                       check=True, capture_output=True, timeout=90)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def postgres_url(postgres_server):
-    """A fresh, empty database for one test, dropped after it."""
-    name = f"abn_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield with_database(postgres_server, name)
-    with psycopg.connect(postgres_server, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -114,16 +58,34 @@ def store(url):
 
 
 def test_submit_get_and_items_with_filters(store):
-    a, a_created = store.submit(an_item(1, label="3", predicted_label="5", prediction_id="p1", model_name="abn",
-                                        model_version="1", author="ana", idempotency_key="k1"))
+    a, a_created = store.submit(
+        an_item(
+            1,
+            label="3",
+            predicted_label="5",
+            prediction_id="p1",
+            model_name="abn",
+            model_version="1",
+            author="ana",
+            idempotency_key="k1",
+        )
+    )
     assert a_created and len(a) == 32
     time.sleep(0.01)
     b, _ = store.submit(an_item(2, predicted_label="4", model_name="other"))
     got = store.get(a)
     assert got.image == png(1) and got.attention.dtype == np.float32
     assert np.array_equal(got.attention, an_item(1).attention)
-    assert (got.label, got.predicted_label, got.prediction_id, got.model_name, got.model_version, got.author,
-            got.idempotency_key, got.consumed_by) == ("3", "5", "p1", "abn", "1", "ana", "k1", None)
+    assert (
+        got.label,
+        got.predicted_label,
+        got.prediction_id,
+        got.model_name,
+        got.model_version,
+        got.author,
+        got.idempotency_key,
+        got.consumed_by,
+    ) == ("3", "5", "p1", "abn", "1", "ana", "k1", None)
     assert abs(got.created - time.time()) < 60
     assert store.get("nope") is None
     assert [i.id for i in store.items()] == [a, b]
@@ -165,16 +127,26 @@ def test_images_are_stored_once(store):
 
 def test_stats_shape_and_counts(store):
     assert store.stats() == {"total": 0, "by_state": {}, "by_label": {}, "by_model_version": {}}
-    ids = [store.submit(an_item(1, label="3", model_name="abn", model_version="1"))[0],
-           store.submit(an_item(2, predicted_label="3", model_name="abn", model_version="2"))[0],
-           store.submit(an_item(3, label="4", predicted_label="3", model_name="other"))[0]]
+    ids = [
+        store.submit(an_item(1, label="3", model_name="abn", model_version="1"))[0],
+        store.submit(an_item(2, predicted_label="3", model_name="abn", model_version="2"))[0],
+        store.submit(an_item(3, label="4", predicted_label="3", model_name="other"))[0],
+    ]
     store.mark_consumed(ids[:1], "run-1")
     stats = store.stats()
-    assert stats == {"total": 3, "by_state": {"consumed": 1, "pending": 2}, "by_label": {"3": 2, "4": 1},
-                     "by_model_version": {"abn:1": 1, "abn:2": 1, "other:": 1}}
+    assert stats == {
+        "total": 3,
+        "by_state": {"consumed": 1, "pending": 2},
+        "by_label": {"3": 2, "4": 1},
+        "by_model_version": {"abn:1": 1, "abn:2": 1, "other:": 1},
+    }
     assert list(stats["by_model_version"]) == ["abn:1", "abn:2", "other:"]
-    assert store.stats("abn") == {"total": 2, "by_state": {"consumed": 1, "pending": 1}, "by_label": {"3": 2},
-                                  "by_model_version": {"abn:1": 1, "abn:2": 1}}
+    assert store.stats("abn") == {
+        "total": 2,
+        "by_state": {"consumed": 1, "pending": 1},
+        "by_label": {"3": 2},
+        "by_model_version": {"abn:1": 1, "abn:2": 1},
+    }
 
 
 def test_mark_consumed_counts_only_pending_items(store):
@@ -196,6 +168,7 @@ def test_sixteen_threads_lose_nothing(store):
     def same(_):
         start.wait()
         return store.submit(an_item(999, idempotency_key="once"))
+
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(same, range(16)))
     assert len({feedback_id for feedback_id, _ in answers}) == 1
@@ -212,8 +185,11 @@ def set_schema_version(store, version: int) -> None:
 
 def test_the_schema_is_versioned_and_a_newer_one_is_refused(url):
     store = open_store(url)
-    version = (store._execute("PRAGMA user_version") if isinstance(store, SQLiteStore)
-               else store._execute("SELECT version FROM abn_schema")).fetchone()[0]
+    version = (
+        store._execute("PRAGMA user_version")
+        if isinstance(store, SQLiteStore)
+        else store._execute("SELECT version FROM abn_schema")
+    ).fetchone()[0]
     assert version == SCHEMA_VERSION == len(MIGRATIONS) == len(POSTGRES_MIGRATIONS)
     store.submit(an_item(1))
     store.close()
@@ -229,9 +205,13 @@ def test_both_databases_have_the_same_tables_and_columns(tmp_path, postgres_url)
     lite, postgres = SQLiteStore(tmp_path / "f.db"), PostgresStore(postgres_url)
     for table in ("images", "feedback"):
         lite_columns = [row[1] for row in lite._execute(f"PRAGMA table_info({table})")]
-        postgres_columns = [row[0] for row in postgres._execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-            (table,))]
+        postgres_columns = [
+            row[0]
+            for row in postgres._execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                (table,),
+            )
+        ]
         assert lite_columns == postgres_columns and len(lite_columns) > 1
     lite.close()
     postgres.close()
@@ -264,8 +244,11 @@ def test_an_unreachable_postgres_server_is_named_quickly():
 def test_copy_store_keeps_ids_state_images_and_maps_and_a_second_copy_skips_all(tmp_path, postgres_url):
     source = SQLiteStore(tmp_path / "source.db")
     for i in range(5):
-        source.submit(an_item(i % 3, label=str(i), model_name="abn", model_version=str(i),
-                              idempotency_key=f"k{i}" if i % 2 else ""))
+        source.submit(
+            an_item(
+                i % 3, label=str(i), model_name="abn", model_version=str(i), idempotency_key=f"k{i}" if i % 2 else ""
+            )
+        )
     first = [item.id for item in source.items()]
     source.mark_consumed(first[:2], "run-1")
     target = open_store(postgres_url)
@@ -308,6 +291,7 @@ def test_a_backup_taken_while_a_writer_runs_is_whole_and_restores(tmp_path, caps
         while not stop.is_set():
             live.submit(an_item(i % 50))
             i += 1
+
     writer = threading.Thread(target=write)
     writer.start()
     time.sleep(0.3)
@@ -320,7 +304,7 @@ def test_a_backup_taken_while_a_writer_runs_is_whole_and_restores(tmp_path, caps
     saved = SQLiteStore(backup)
     assert saved.integrity() == "ok" and 0 < saved.stats()["total"] <= live.stats()["total"]
     saved_ids = [i.id for i in saved.items(with_data=False)]
-    assert saved_ids == [i.id for i in live.items(with_data=False)][:len(saved_ids)]  # a prefix: a snapshot
+    assert saved_ids == [i.id for i in live.items(with_data=False)][: len(saved_ids)]  # a prefix: a snapshot
     # restoring into an empty store by copying gives back every saved item, as it was
     assert cli.main(["feedback", "copy", "--from", str(backup), "--to", f"sqlite:///{tmp_path / 'new.db'}"]) == 0
     restored = SQLiteStore(tmp_path / "new.db")
@@ -331,8 +315,11 @@ def test_a_backup_taken_while_a_writer_runs_is_whole_and_restores(tmp_path, caps
 
 def test_reading_commands_refuse_a_store_that_is_not_there(tmp_path, capsys):
     missing = str(tmp_path / "typo.db")
-    for command in (["feedback", "stats", "--store", missing], ["feedback", "backup", "--store", missing, "--out",
-                    str(tmp_path / "b.db")], ["feedback", "copy", "--from", missing, "--to", str(tmp_path / "c.db")]):
+    for command in (
+        ["feedback", "stats", "--store", missing],
+        ["feedback", "backup", "--store", missing, "--out", str(tmp_path / "b.db")],
+        ["feedback", "copy", "--from", missing, "--to", str(tmp_path / "c.db")],
+    ):
         assert cli.main(command) == 2
         assert f"no feedback store at {missing}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was made
@@ -355,12 +342,13 @@ def test_the_feedback_service_runs_on_postgres_by_changing_one_variable(tmp_path
     args = cli.build_parser().parse_args(["feedback", "serve", "--address", "127.0.0.1:0", "--no-token"])
     assert args.store == postgres_url
     store = open_store(args.store)
-    server, port = make_server(store, "127.0.0.1:0")
-    with Client(feedback_target=f"127.0.0.1:{port}") as client:
-        answer = client.submit_feedback(png(1), np.ones((2, 2), np.float32), label="3", model_name="abn",
-                                        idempotency_key="pg-1")
+    server = FeedbackServer(store, "127.0.0.1:0")
+    with Client(feedback_target=f"127.0.0.1:{server.port}") as client:
+        answer = client.submit_feedback(
+            png(1), np.ones((2, 2), np.float32), label="3", model_name="abn", idempotency_key="pg-1"
+        )
         assert answer.created and client.get_feedback(answer.id).label == "3"
-    server.stop(grace=1).wait()
+    server.stop(grace=1)
     store.close()
     assert cli.build_parser().parse_args(["feedback", "stats"]).store == postgres_url
     check = open_store(postgres_url)

@@ -23,8 +23,8 @@ def tiny_set(n=32, seed=0):
     maps = torch.zeros(n, 1, 32, 32)
     for i in range(n):
         c = 4 if labels[i] == 0 else 20
-        images[i, :, 12:20, c:c + 8] = 1.0
-        maps[i, 0, 12:20, c:c + 8] = 1.0
+        images[i, :, 12:20, c : c + 8] = 1.0
+        maps[i, 0, 12:20, c : c + 8] = 1.0
     return TensorSet(images, labels, maps)
 
 
@@ -45,8 +45,9 @@ def test_map_loss_gradient_reaches_only_the_attention_branch():
     model = create_model("abn_small", 10)
     out = model(torch.randn(4, 3, 32, 32))
     map_loss(out.attention, torch.zeros(4, 1, 32, 32), torch.ones(4, dtype=torch.bool)).backward()
-    touched = {name.split(".")[0] for name, p in model.named_parameters()
-               if p.grad is not None and p.grad.abs().sum() > 0}
+    touched = {
+        name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+    }
     # the map is computed by the attention branch from the features; the perception branch never sees L_map
     assert "attention_branch" in touched and "perception" not in touched and "fc" not in touched
 
@@ -69,8 +70,7 @@ def test_unfrozen_features_learn():
     torch.manual_seed(0)
     model = create_model("abn_small", 2)
     before = model.features[0].weight.clone()
-    fine_tune(model, tiny_set(), MEAN, STD, TuneConfig(epochs=1, batch_size=8, freeze_features=False),
-              progress=False)
+    fine_tune(model, tiny_set(), MEAN, STD, TuneConfig(epochs=1, batch_size=8, freeze_features=False), progress=False)
     assert not torch.equal(before, model.features[0].weight)
 
 
@@ -100,8 +100,9 @@ def test_short_fine_tune_moves_the_map_toward_the_edits():
     model = create_model("abn_small", 2)
     data = tiny_set(64)
     before = evaluate(model, data, MEAN, STD)
-    fine_tune(model, data, MEAN, STD, TuneConfig(epochs=5, batch_size=16, lr=0.05, freeze_features=False),
-              progress=False)
+    fine_tune(
+        model, data, MEAN, STD, TuneConfig(epochs=5, batch_size=16, lr=0.05, freeze_features=False), progress=False
+    )
     after = evaluate(model, data, MEAN, STD)
     assert after["map_share"] > before["map_share"] + 0.1
     assert after["map_iou"] > before["map_iou"]
@@ -158,8 +159,22 @@ def parent(tmp_path):
 def test_finetune_command_writes_a_new_version_and_a_report(tmp_path, parent, capsys):
     save_folder(tmp_path, tiny_set(16))
     out = tmp_path / "tuned"
-    code = cli.main(["finetune", str(parent), "--data", str(tmp_path / "images"), "--maps", str(tmp_path / "maps"),
-                     "--out", str(out), "--epochs", "2", "--batch-size", "8"])
+    code = cli.main(
+        [
+            "finetune",
+            str(parent),
+            "--data",
+            str(tmp_path / "images"),
+            "--maps",
+            str(tmp_path / "maps"),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     meta = checkpoint.read_metadata(out / "checkpoint.pt")
     assert meta["version"] == 2 and meta["parent_version"] == 1

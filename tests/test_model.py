@@ -71,8 +71,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     # one training step so that BatchNorm statistics differ from their initial values
     model(torch.randn(8, 3, 32, 32)).logits.sum().backward()
     model.eval()
-    meta = checkpoint.metadata(model, "abn_small", ["a", "b", "c"], (32, 32), [0.5] * 3, [0.2] * 3,
-                               {"data": "test"})
+    meta = checkpoint.metadata(model, "abn_small", ["a", "b", "c"], (32, 32), [0.5] * 3, [0.2] * 3, {"data": "test"})
     checkpoint.save(tmp_path / "m.pt", model, meta)
     loaded, loaded_meta = checkpoint.load(tmp_path / "m.pt")
     x = torch.randn(5, 3, 32, 32)

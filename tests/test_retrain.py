@@ -2,7 +2,7 @@
 promote; and the faults on the way: a failure at any step leaves version 1 serving and the feedback
 pending, and the next run succeeds."""
 
-import argparse
+import dataclasses
 import fcntl
 import io
 import shutil
@@ -12,15 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune import checkpoint, decoy_digits, expert, retrain, train
+from finetune import checkpoint, decoy_digits, expert, train
 from finetune.data import TensorSet
 from finetune.evaluate import evaluate
 from finetune.images import resize_map
-from serving import package, wire
+from handlers import wire
+from serving import retraining
 from serving.client import Client
-from serving.feedback_server import make_server, write_token
-from serving.feedback_store import SQLiteStore
-from serving.torchserve import ServeConfig, TorchServe
+from serving.feedback.server import FeedbackServer, write_token
+from serving.feedback.store import SQLiteStore
+from serving.torchserve import archive
+from serving.torchserve.config import ServeConfig
+from serving.torchserve.process import TorchServe
+from serving.torchserve.served import ServedRecord
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 FEEDBACK = 120
@@ -34,21 +38,21 @@ def png(array: np.ndarray) -> bytes:
 
 def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
     run = tmp_path / "decoy"
-    train.train(train.default_args(out=str(run), epochs=6))
-    package.build(run / "checkpoint.pt", tmp_path / "store", name="abn")
+    train.train(train.TrainConfig(out=str(run), epochs=6))
+    archive.build(run / "checkpoint.pt", tmp_path / "store", name="abn")
     cfg = ServeConfig.on_free_ports(tmp_path / "serve", tmp_path / "store", {"abn": "abn.v1.mar"})
     store = SQLiteStore(tmp_path / "feedback.db")
     token = write_token(tmp_path / "token")
-    feedback, port = make_server(store, "127.0.0.1:0", token)
+    feedback = FeedbackServer(store, "127.0.0.1:0", token)
+    record = ServedRecord(tmp_path / "store", "abn")
     with TorchServe(cfg):
-        client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
-                        management_target=cfg.management_target, feedback_target=f"127.0.0.1:{port}",
-                        feedback_token_file=tmp_path / "token")
-        args = retrain.for_services(cfg, store=str(tmp_path / "feedback.db"), workdir=str(tmp_path / "retrain"),
-                                    min_feedback=20)
+        client = Client.for_services(cfg, f"127.0.0.1:{feedback.port}", tmp_path / "token")
+        job = retraining.for_services(
+            cfg, store=str(tmp_path / "feedback.db"), workdir=str(tmp_path / "retrain"), min_feedback=20
+        )
 
         def run_with(**changes):
-            return retrain.run_once(argparse.Namespace(**{**vars(args), **changes}))
+            return retraining.run_once(dataclasses.replace(job, **changes))
 
         def default_version():
             return client.predict(png(np.zeros((32, 32))), model="abn").model_version
@@ -72,20 +76,20 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         assert store.stats("abn")["by_state"] == {"pending": FEEDBACK}
 
         # a failure at a step before the archive: nothing changes
-        with pytest.raises(retrain.StepFailure):
+        with pytest.raises(retraining.StepFailure):
             run_with(fail_at="finetune")
         assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
         assert not (tmp_path / "retrain" / "pending.json").exists()
 
         # TorchServe unreachable at promotion (here: made to fail at registering): the archive is kept
-        with pytest.raises(retrain.StepFailure):
+        with pytest.raises(retraining.StepFailure):
             run_with(fail_at="register")
         assert (tmp_path / "retrain" / "pending.json").exists() and (tmp_path / "store" / "abn.v2.mar").exists()
         assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
-        assert package.served_archive(tmp_path / "store", "abn") is None  # a restart serves version 1
+        assert record.archive() is None  # a restart serves version 1
 
         # a failure after the new version became the default: version 1 is the default again
-        with pytest.raises(retrain.StepFailure):
+        with pytest.raises(retraining.StepFailure):
             run_with(fail_at="live_check")
         assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
 
@@ -96,7 +100,7 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         assert default_version() == "2"
         assert store.stats("abn")["by_state"] == {"consumed": FEEDBACK}
         assert not (tmp_path / "retrain" / "pending.json").exists()
-        assert package.served_archive(tmp_path / "store", "abn") == tmp_path / "store" / "abn.v2.mar"  # and after
+        assert record.archive() == tmp_path / "store" / "abn.v2.mar"  # and after
         assert (tmp_path / "retrain" / report["run"] / "report.png").stat().st_size > 0
         held = report["figures"]
         assert held["candidate"]["check_feedback"]["map_iou"] > held["served"]["check_feedback"]["map_iou"]
@@ -114,5 +118,5 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         # nothing pending any more: the next run stops early
         assert run_with()["outcome"] == "too_little_feedback"
         client.close()
-    feedback.stop(grace=5).wait()
+    feedback.stop(grace=5)
     store.close()

@@ -2,10 +2,13 @@
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,10 +21,15 @@ from PIL import Image
 from finetune import checkpoint, decoy_digits, onnx_export
 from finetune.images import image_tensor, normalize, open_image, resize_map
 from finetune.model import create_model
-from serving import package, protos, wire
+from handlers import wire
+from handlers.stubs.torchserve import inference_pb2, inference_pb2_grpc
+from serving import protos
 from serving.client import Client
-from serving.stubs.torchserve import inference_pb2
-from serving.torchserve import ServeConfig, TorchServe, free_port, read_keys
+from serving.torchserve import archive
+from serving.torchserve.archive import ArchiveConfig
+from serving.torchserve.client import read_keys
+from serving.torchserve.config import ServeConfig, free_port
+from serving.torchserve.process import TorchServe
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 TOKEN_MINUTES = 0.25  # short, so that the client's renewal is exercised
@@ -43,18 +51,22 @@ def served(tmp_path_factory):
         for _ in range(3):
             model(torch.rand(32, 3, 32, 32))
     model.eval()
-    meta = checkpoint.metadata(model, "abn_small", decoy_digits.CLASSES, (32, 32), [0.2] * 3, [0.3] * 3,
-                               {"data": "test"}, name="abn")
+    meta = checkpoint.metadata(
+        model, "abn_small", decoy_digits.CLASSES, (32, 32), [0.2] * 3, [0.3] * 3, {"data": "test"}, name="abn"
+    )
     ckpt = root / "checkpoint.pt"
     checkpoint.save(ckpt, model, meta)
     store = root / "store"
-    package.build(ckpt, store, backend="onnx", name="abn", batch_size=8, max_batch_delay=50)
-    package.build(ckpt, store, backend="torch", name="abn_torch", batch_size=8, max_batch_delay=50)
-    cfg = ServeConfig.on_free_ports(root / "serve", store, {"abn": "abn.v1.mar", "abn_torch": "abn_torch.v1.mar"},
-                                    token_expiration_min=TOKEN_MINUTES)
+    archive.build(ckpt, store, ArchiveConfig(backend="onnx", batch_size=8, max_batch_delay=50), name="abn")
+    archive.build(ckpt, store, ArchiveConfig(backend="torch", batch_size=8, max_batch_delay=50), name="abn_torch")
+    cfg = ServeConfig.on_free_ports(
+        root / "serve",
+        store,
+        {"abn": "abn.v1.mar", "abn_torch": "abn_torch.v1.mar"},
+        token_expiration_min=TOKEN_MINUTES,
+    )
     with TorchServe(cfg) as server:
-        client = Client(cfg.inference_target, cfg.key_file, cfg.http_management_url,
-                        management_target=cfg.management_target)
+        client = Client.for_services(cfg)
         yield {"client": client, "model": model, "meta": meta, "cfg": cfg, "server": server}
         client.close()
 
@@ -124,8 +136,7 @@ def test_a_supplied_map_changes_the_prediction_as_in_process(served, model_name)
 
 
 def raw_predict(client: Client, inputs: dict, model: str = "abn"):
-    request = inference_pb2.PredictionsRequest(model_name=model, input=inputs)
-    return client._call(client._inference.Predictions, request, "inference")
+    return client.torchserve.predictions(inputs, model)
 
 
 GOOD = b"<the sample image>"
@@ -137,20 +148,27 @@ def huge_png() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("inputs,message", [
-    ({"data": b"\x89PNG\r\n\x1a\n broken"}, "data: image cannot be decoded"),
-    ({"data": b""}, "data: image is empty"),
-    ({"data": huge_png()}, "data: image is 8200x8200, above the limit of 67108864 pixels"),
-    ({"top_k": b"3"}, "data: missing"),
-    ({"data": GOOD, "attention": b"\xff\xff not a message"}, "attention: not a serialized abn.v1.AttentionMap"),
-    ({"data": GOOD, "attention": wire.map_to_proto(np.full((4, 4), 1.5)).SerializeToString()},
-     "attention: values must lie in [0, 1]"),
-    ({"data": GOOD, "attention": wire.map_to_proto(np.full((1, 4), 0.5)).SerializeToString()},
-     "attention: height and width must be between 2 and 1024"),
-    ({"data": GOOD, "attention": b"\x08\x04\x10\x04\x1a\x04\x00\x00\x00\x00"}, "4x4 map needs 16 values, got 1"),
-    ({"data": GOOD, "top_k": b"0"}, "top_k: must be a whole number from 1 to 10"),
-    ({"data": GOOD, "format": b"xml"}, "format: must be proto or json"),
-])
+@pytest.mark.parametrize(
+    "inputs,message",
+    [
+        ({"data": b"\x89PNG\r\n\x1a\n broken"}, "data: image cannot be decoded"),
+        ({"data": b""}, "data: image is empty"),
+        ({"data": huge_png()}, "data: image is 8200x8200, above the limit of 67108864 pixels"),
+        ({"top_k": b"3"}, "data: missing"),
+        ({"data": GOOD, "attention": b"\xff\xff not a message"}, "attention: not a serialized abn.v1.AttentionMap"),
+        (
+            {"data": GOOD, "attention": wire.map_to_proto(np.full((4, 4), 1.5)).SerializeToString()},
+            "attention: values must lie in [0, 1]",
+        ),
+        (
+            {"data": GOOD, "attention": wire.map_to_proto(np.full((1, 4), 0.5)).SerializeToString()},
+            "attention: height and width must be between 2 and 1024",
+        ),
+        ({"data": GOOD, "attention": b"\x08\x04\x10\x04\x1a\x04\x00\x00\x00\x00"}, "4x4 map needs 16 values, got 1"),
+        ({"data": GOOD, "top_k": b"0"}, "top_k: must be a whole number from 1 to 10"),
+        ({"data": GOOD, "format": b"xml"}, "format: must be proto or json"),
+    ],
+)
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(served, inputs, message):
     client = served["client"]
     good = sample_images(1)[0]
@@ -191,8 +209,7 @@ def test_json_answer_for_rest_users(served):
 
 def test_a_call_without_the_token_is_refused(served):
     cfg = served["cfg"]
-    with grpc.insecure_channel(cfg.inference_target) as channel:
-        from serving.stubs.torchserve import inference_pb2_grpc
+    with grpc.insecure_channel(cfg.target.inference) as channel:
         stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         request = inference_pb2.PredictionsRequest(model_name="abn", input={"data": sample_images(1)[0]})
         with pytest.raises(grpc.RpcError) as e:
@@ -209,7 +226,7 @@ def test_a_stale_copy_of_the_key_file_gets_the_refusal_not_a_connection_error(se
     keys = json.loads(cfg.key_file.read_text())
     keys["inference"]["key"] = "stale"
     (tmp_path / "keys.json").write_text(json.dumps(keys))
-    with Client(cfg.inference_target, tmp_path / "keys.json", f"http://127.0.0.1:{free_port()}") as client:
+    with Client(cfg.target.inference, tmp_path / "keys.json", f"http://127.0.0.1:{free_port()}") as client:
         with pytest.raises(grpc.RpcError) as e:
             client.predict(sample_images(1)[0])
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -227,9 +244,67 @@ def test_the_client_renews_an_expired_token(served):
 
 def test_an_archive_tells_the_settings_it_was_built_with(served):
     store = served["cfg"].model_store
-    assert package.settings_of(store / "abn_torch.v1.mar") == {
-        "backend": "torch", "batch_size": 8, "max_batch_delay": 50, "workers": 1, "threads": None}
-    assert package.settings_of(store / "abn.v1.mar")["backend"] == "onnx"
+    assert archive.settings_of(store / "abn_torch.v1.mar") == ArchiveConfig(
+        backend="torch", batch_size=8, max_batch_delay=50, workers=1, threads=None
+    )
+    assert archive.settings_of(store / "abn.v1.mar").backend == "onnx"
+
+
+def test_an_archive_carries_the_product_code_its_handler_runs(served, tmp_path):
+    """Unpacked as TorchServe unpacks it, with its folder first on the import path as TorchServe puts it, the
+    handler imports the archive's own copies of the product's packages, not the installed ones."""
+    mar = served["cfg"].model_store / "abn.v1.mar"
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        z.extractall(tmp_path / "model")
+    for name in (
+        "abn_handler.py",
+        "finetune/model.py",
+        "finetune/checkpoint.py",
+        "handlers/wire.py",
+        "handlers/backends.py",
+        "handlers/stubs/abn/v1/prediction_pb2.py",
+    ):
+        assert name in names, name
+    assert not any("__pycache__" in n for n in names)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import abn_handler, finetune.model, handlers.wire, "
+        "handlers.stubs.abn.v1.prediction_pb2 as p; "
+        "print('\\n'.join(m.__file__ for m in (abn_handler, finetune.model, handlers.wire, p)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    for path in result.stdout.split():
+        assert Path(path).resolve().is_relative_to((tmp_path / "model").resolve()), path
+    # in TorchServe: the worker says where its product code came from, the model's folder, not this checkout
+    log = (served["cfg"].workdir / "logs" / "model_log.log").read_text()
+    origins = re.findall(r"product code from (\S+)", log)
+    assert origins and all(Path(o) != protos.REPO for o in origins), origins
+
+
+def test_the_handler_keeps_torchserves_metrics(served):
+    """HandlerTime (BaseHandler.handle) and a timing per stage (@timed) reach TorchServe's Prometheus
+    endpoint."""
+    served["client"].predict(sample_images(1)[0])
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(served["cfg"].metrics_url, timeout=10) as answer:
+            text = answer.read().decode()
+        found = {
+            name
+            for name in ("HandlerTime", "ts_handler_preprocess", "ts_handler_inference", "ts_handler_postprocess")
+            if re.search(rf'^{name}\{{[^}}]*="abn"', text, re.M)
+        }
+        if len(found) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(found) == 4, [line for line in text.splitlines() if "Handler" in line or "ts_handler" in line]
 
 
 def test_stubs_are_current():
@@ -239,8 +314,12 @@ def test_stubs_are_current():
 def test_the_api_reference_is_the_protos():
     reference = protos.API_DOC.read_text().split(protos.DOC_MARKER, 1)[1]
     assert protos.DOC_MARKER + reference == protos.render_api(), "run: python -m serving.protos --docs"
-    for name in ("abn.v1.FeedbackService", "abn.v1.Prediction", "abn.v1.AttentionMap",
-                 "org.pytorch.serve.grpc.inference.PredictionsRequest"):
+    for name in (
+        "abn.v1.FeedbackService",
+        "abn.v1.Prediction",
+        "abn.v1.AttentionMap",
+        "org.pytorch.serve.grpc.inference.PredictionsRequest",
+    ):
         assert f"`{name}`" in reference
 
 

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from finetune import checkpoint, train
+from finetune.data import DataConfig
 from serving import cli
 
 
 def test_short_run_on_clean_digits_is_far_above_chance(tmp_path):
-    args = train.default_args(out=str(tmp_path / "run"), clean=True, epochs=5)
+    args = train.TrainConfig(out=str(tmp_path / "run"), data=DataConfig(clean=True), epochs=5)
     metrics = train.train(args)
     assert metrics["final"]["test"]["accuracy"] > 0.8  # chance is 0.1
     assert metrics["final"]["test"]["attention_accuracy"] > 0.5
@@ -24,9 +25,11 @@ def test_short_run_on_clean_digits_is_far_above_chance(tmp_path):
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path):
-    straight = train.train(train.default_args(out=str(tmp_path / "a"), clean=True, epochs=2))
-    train.train(train.default_args(out=str(tmp_path / "b"), clean=True, epochs=1))
-    resumed = train.train(train.default_args(out=str(tmp_path / "b"), clean=True, epochs=2, resume=True))
+    straight = train.train(train.TrainConfig(out=str(tmp_path / "a"), data=DataConfig(clean=True), epochs=2))
+    train.train(train.TrainConfig(out=str(tmp_path / "b"), data=DataConfig(clean=True), epochs=1))
+    resumed = train.train(
+        train.TrainConfig(out=str(tmp_path / "b"), data=DataConfig(clean=True), epochs=2, resume=True)
+    )
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     a = torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b/checkpoint.pt", weights_only=True)["state_dict"]
@@ -37,9 +40,9 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
 
 def test_an_existing_run_is_not_overwritten(tmp_path):
     out = str(tmp_path / "run")
-    train.train(train.default_args(out=out, clean=True, epochs=1, batch_size=256))
-    with pytest.raises(SystemExit, match="holds a training run already: pass --resume"):
-        train.train(train.default_args(out=out, clean=True, epochs=1))
+    train.train(train.TrainConfig(out=out, data=DataConfig(clean=True), epochs=1, batch_size=256))
+    with pytest.raises(FileExistsError, match="holds a training run already: resume it"):
+        train.train(train.TrainConfig(out=out, data=DataConfig(clean=True), epochs=1))
 
 
 def test_cli_reports_a_bad_folder_clearly(tmp_path, capsys):

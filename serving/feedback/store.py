@@ -6,12 +6,15 @@ transaction committed survives a crash of the process or the machine;
 postgresql://... puts the same store in a PostgreSQL database. Images are stored
 once, keyed by SHA-256. The schema is versioned (SQLite's PRAGMA user_version,
 PostgreSQL's abn_schema table) and migrated on open. Each item records which
-retraining run consumed it. copy_store moves the items of one store to another.
+retraining run consumed it.
+
+An outage of the database (the server gone, the file unreachable, the disk
+full) raises StoreUnavailable, and every connection opened before it is
+replaced on next use, so the store recovers by itself when the database does.
 """
 
 import dataclasses
 import hashlib
-import io
 import re
 import sqlite3
 import threading
@@ -22,11 +25,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
-from PIL import Image
-from tqdm import tqdm
+
+from serving import settings
 
 # Each entry moves the schema from version i to i + 1. It is written once for both databases, so a version
 # means the same tables in both; {seq}, {blob} and {real} are the column types that differ.
@@ -55,14 +59,20 @@ _MIGRATIONS = [
     """,
 ]
 MIGRATIONS = [m.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL") for m in _MIGRATIONS]
-POSTGRES_MIGRATIONS = [m.format(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", blob="BYTEA",
-                                real="DOUBLE PRECISION") for m in _MIGRATIONS]
+POSTGRES_MIGRATIONS = [
+    m.format(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", blob="BYTEA", real="DOUBLE PRECISION")
+    for m in _MIGRATIONS
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 _SCHEMA_LOCK = 0x61626E  # PostgreSQL advisory lock id ("abn") that serialises migrations
 
 
 class ConflictError(ValueError):
     """An idempotency key reused for a different submission."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached or cannot write now; the message says which database and why."""
 
 
 @dataclass
@@ -91,8 +101,9 @@ class FeedbackStore(ABC):
     def get(self, feedback_id: str) -> Item | None: ...
 
     @abstractmethod
-    def items(self, since: float = 0.0, consumed: bool | None = None, model_name: str = "",
-             with_data: bool = True) -> Iterator[Item]:
+    def items(
+        self, since: float = 0.0, consumed: bool | None = None, model_name: str = "", with_data: bool = True
+    ) -> Iterator[Item]:
         """Items oldest first."""
 
     @abstractmethod
@@ -104,50 +115,90 @@ class FeedbackStore(ABC):
         """Record that run consumed these items; the number marked."""
 
     @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers now."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     @abstractmethod
-    def _insert(self, item: Item) -> tuple[str, bool]:
-        """For copy_store: store item as it is, keeping its id, created time and consumed_by; (id, created) as
+    def restore(self, item: Item) -> tuple[str, bool]:
+        """Store item as it is (as copying a store does), keeping its id, created time and consumed_by; (id, created) as
         submit answers, and (item.id, False) when that id is stored already."""
 
 
 def _check_version(version: int, where: str) -> None:
     if version > SCHEMA_VERSION:
-        raise RuntimeError(f"feedback store {where} has schema version {version}, newer than this "
-                           f"program's {SCHEMA_VERSION}: upgrade the program")
+        raise RuntimeError(
+            f"feedback store {where} has schema version {version}, newer than this "
+            f"program's {SCHEMA_VERSION}: upgrade the program"
+        )
 
 
 class _SQLStore(FeedbackStore):
     """What the SQLite and PostgreSQL stores share: a connection per thread, and every query but the
     migrations, written once with SQLite's ? placeholders."""
 
-    _COLUMNS = ("f.id, f.idempotency_key, f.image_sha256, f.map_height, f.map_width, f.label, f.predicted_label, "
-                "f.prediction_id, f.model_name, f.model_version, f.author, f.created, f.consumed_by")
+    _COLUMNS = (
+        "f.id, f.idempotency_key, f.image_sha256, f.map_height, f.map_width, f.label, f.predicted_label, "
+        "f.prediction_id, f.model_name, f.model_version, f.author, f.created, f.consumed_by"
+    )
     _PAGE = 200  # items() reads this many rows per query
+
+    _OUTAGES: tuple[type[Exception], ...] = ()  # the database's errors that mean it cannot serve now
 
     def __init__(self):
         self._local = threading.local()
-        self._connections: list[tuple[threading.Thread, object]] = []
+        self._connections: list[tuple[threading.Thread, Any]] = []
         self._lock = threading.Lock()
+        self._generation = 0  # raised at each outage: connections of an older generation are replaced
 
     @abstractmethod
     def _connect(self):
-        """A new connection that commits each statement unless in _transaction()."""
+        """A new connection that commits each statement unless in _begin()."""
 
     @abstractmethod
-    def _execute(self, sql: str, args=()):
+    def _run(self, sql: str, args=()):
         """A cursor over the result of sql on this thread's connection."""
 
     @abstractmethod
-    def _transaction(self):
+    def _begin(self):
         """A context manager: the statements in it commit together, or not at all."""
+
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """The database, for messages: never its password."""
+
+    @contextmanager
+    def _outage_is_unavailable(self):
+        """The database's outage errors as StoreUnavailable; every connection is replaced after one."""
+        try:
+            yield
+        except self._OUTAGES as e:
+            with self._lock:
+                self._generation += 1
+            raise StoreUnavailable(f"{self.where} is unavailable: {self._reason(e)}") from e
+
+    def _reason(self, e: Exception) -> str:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+    def _execute(self, sql: str, args=()):
+        with self._outage_is_unavailable():
+            return self._run(sql, args)
+
+    @contextmanager
+    def _transaction(self):
+        with self._outage_is_unavailable(), self._begin():
+            yield
 
     def _db(self):
         db = getattr(self._local, "db", None)
-        if db is None or getattr(db, "closed", False):  # psycopg marks a connection the server dropped closed
+        # psycopg marks a connection the server dropped closed; after an outage, every connection is suspect
+        if db is None or getattr(db, "closed", False) or self._local.generation != self._generation:
+            generation = self._generation
             db = self._connect()
-            self._local.db = db
+            self._local.db, self._local.generation = db, generation
             me = threading.current_thread()
             with self._lock:  # close what ended threads (or this one's dropped connection) left, so none pile up
                 for thread, old in self._connections:
@@ -157,10 +208,13 @@ class _SQLStore(FeedbackStore):
                 self._connections.append((me, db))
         return db
 
-    def submit(self, item: Item) -> tuple[str, bool]:
-        return self._insert(dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None))
+    def ping(self) -> None:
+        self._execute("SELECT 1").fetchone()
 
-    def _insert(self, item: Item) -> tuple[str, bool]:
+    def submit(self, item: Item) -> tuple[str, bool]:
+        return self.restore(dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None))
+
+    def restore(self, item: Item) -> tuple[str, bool]:
         sha = hashlib.sha256(item.image).hexdigest()
         values = np.ascontiguousarray(item.attention, dtype="<f4")
         key = item.idempotency_key or None
@@ -172,45 +226,84 @@ class _SQLStore(FeedbackStore):
                 "INSERT INTO feedback (id, idempotency_key, image_sha256, map_height, map_width, map_values, label,"
                 " predicted_label, prediction_id, model_name, model_version, author, created, consumed_by)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                (item.id, key, sha, values.shape[0], values.shape[1], values.tobytes(), item.label,
-                 item.predicted_label, item.prediction_id, item.model_name, item.model_version, item.author,
-                 item.created, item.consumed_by)).fetchall()
+                (
+                    item.id,
+                    key,
+                    sha,
+                    values.shape[0],
+                    values.shape[1],
+                    values.tobytes(),
+                    item.label,
+                    item.predicted_label,
+                    item.prediction_id,
+                    item.model_name,
+                    item.model_version,
+                    item.author,
+                    item.created,
+                    item.consumed_by,
+                ),
+            ).fetchall()
             if inserted:
                 return item.id, True
-            stored = key and self._execute("SELECT id, image_sha256 FROM feedback WHERE idempotency_key = ?",
-                                           (key,)).fetchone()
+            stored = (
+                key
+                and self._execute("SELECT id, image_sha256 FROM feedback WHERE idempotency_key = ?", (key,)).fetchone()
+            )
             if not stored:  # it is the id that is taken: this very item is stored already
                 return item.id, False
             if stored[1] != sha:  # raised inside the transaction, so the image inserted above goes too
-                raise ConflictError(f"idempotency_key {key!r} was used for another submission ({stored[0]}) "
-                                    "with a different image")
+                raise ConflictError(
+                    f"idempotency_key {key!r} was used for another submission ({stored[0]}) with a different image"
+                )
             return stored[0], False
 
     def _item(self, row: tuple, data: tuple | None) -> Item:
         (fid, key, sha, h, w, label, predicted, pid, model, version, author, created, consumed) = row
-        image, values = (data if data else (b"", None))
-        attention = (np.frombuffer(values, dtype="<f4").reshape(h, w).copy() if values is not None
-                     else np.zeros((0, 0), np.float32))
-        return Item(image=image, attention=attention, label=label, predicted_label=predicted, prediction_id=pid,
-                    model_name=model, model_version=version, author=author, idempotency_key=key or "", id=fid,
-                    image_sha256=sha, created=created, consumed_by=consumed)
+        image, values = data if data else (b"", None)
+        attention = (
+            np.frombuffer(values, dtype="<f4").reshape(h, w).copy()
+            if values is not None
+            else np.zeros((0, 0), np.float32)
+        )
+        return Item(
+            image=image,
+            attention=attention,
+            label=label,
+            predicted_label=predicted,
+            prediction_id=pid,
+            model_name=model,
+            model_version=version,
+            author=author,
+            idempotency_key=key or "",
+            id=fid,
+            image_sha256=sha,
+            created=created,
+            consumed_by=consumed,
+        )
 
     def get(self, feedback_id: str) -> Item | None:
-        row = self._execute(f"SELECT {self._COLUMNS}, i.data, f.map_values FROM feedback f "
-                            "JOIN images i ON i.sha256 = f.image_sha256 WHERE f.id = ?", (feedback_id,)).fetchone()
+        row = self._execute(
+            f"SELECT {self._COLUMNS}, i.data, f.map_values FROM feedback f "
+            "JOIN images i ON i.sha256 = f.image_sha256 WHERE f.id = ?",
+            (feedback_id,),
+        ).fetchone()
         return None if row is None else self._item(row[:-2], row[-2:])
 
-    def items(self, since: float = 0.0, consumed: bool | None = None, model_name: str = "",
-             with_data: bool = True) -> Iterator[Item]:
-        where, args = ["f.seq > ?", "f.created >= ?"], [since]
+    def items(
+        self, since: float = 0.0, consumed: bool | None = None, model_name: str = "", with_data: bool = True
+    ) -> Iterator[Item]:
+        where = ["f.seq > ?", "f.created >= ?"]
+        args: list[float | str] = [since]
         if consumed is not None:
             where.append("f.consumed_by IS NOT NULL" if consumed else "f.consumed_by IS NULL")
         if model_name:
             where.append("f.model_name = ?")
             args.append(model_name)
         data = ", i.data, f.map_values" if with_data else ""
-        query = (f"SELECT f.seq, {self._COLUMNS}{data} FROM feedback f JOIN images i ON i.sha256 = f.image_sha256 "
-                 f"WHERE {' AND '.join(where)} ORDER BY f.seq LIMIT {self._PAGE}")
+        query = (
+            f"SELECT f.seq, {self._COLUMNS}{data} FROM feedback f JOIN images i ON i.sha256 = f.image_sha256 "
+            f"WHERE {' AND '.join(where)} ORDER BY f.seq LIMIT {self._PAGE}"
+        )
         n = self._COLUMNS.count(",") + 2
         last = 0
         while True:  # a page per query, so no query stays open while the caller works (and uses the store)
@@ -226,6 +319,7 @@ class _SQLStore(FeedbackStore):
 
         def counts(expr: str) -> dict:  # sorted here: the databases' collations would order differently
             return dict(sorted(self._execute(f"SELECT {expr}, COUNT(*) FROM feedback {where} GROUP BY 1", args)))
+
         return {
             "total": self._execute(f"SELECT COUNT(*) FROM feedback {where}", args).fetchone()[0],
             "by_state": counts("CASE WHEN consumed_by IS NULL THEN 'pending' ELSE 'consumed' END"),
@@ -235,8 +329,12 @@ class _SQLStore(FeedbackStore):
 
     def mark_consumed(self, ids: list[str], run: str) -> int:
         with self._transaction():
-            return sum(self._execute("UPDATE feedback SET consumed_by = ? WHERE id = ? AND consumed_by IS NULL",
-                                     (run, i)).rowcount for i in ids)
+            return sum(
+                self._execute(
+                    "UPDATE feedback SET consumed_by = ? WHERE id = ? AND consumed_by IS NULL", (run, i)
+                ).rowcount
+                for i in ids
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -247,6 +345,8 @@ class _SQLStore(FeedbackStore):
 
 
 class SQLiteStore(_SQLStore):
+    _OUTAGES = (sqlite3.OperationalError,)  # locked past the timeout, disk I/O error, disk full, cannot open
+
     def __init__(self, path: str | Path):
         super().__init__()
         self.path = Path(path)
@@ -260,11 +360,15 @@ class SQLiteStore(_SQLStore):
         db.execute("PRAGMA foreign_keys=ON")
         return db
 
-    def _execute(self, sql: str, args=()) -> sqlite3.Cursor:
+    @property
+    def where(self) -> str:
+        return f"SQLite database {self.path}"
+
+    def _run(self, sql: str, args=()) -> sqlite3.Cursor:
         return self._db().execute(sql, args)
 
     @contextmanager
-    def _transaction(self):
+    def _begin(self):
         db = self._db()
         db.execute("BEGIN IMMEDIATE")  # writers queue here, so what a transaction reads stays true until it commits
         try:
@@ -299,9 +403,10 @@ class SQLiteStore(_SQLStore):
 
 
 class PostgresStore(_SQLStore):
-    """The store in a PostgreSQL database: postgresql://user:password@host:port/database."""
+    """The store in a PostgreSQL database: postgresql://user:password@host:port/database. Connecting and
+    each statement are bounded in time (settings), unless the URL sets connect_timeout or options."""
 
-    CONNECT_TIMEOUT = 10  # seconds, unless the URL sets connect_timeout; libpq would wait forever
+    _OUTAGES = (psycopg.OperationalError,)  # the server gone or refusing, a connection dropped, a statement timed out
 
     def __init__(self, url: str):
         super().__init__()
@@ -310,27 +415,38 @@ class PostgresStore(_SQLStore):
         except psycopg.ProgrammingError as e:
             raise ValueError(f"bad PostgreSQL URL: {e}") from None
         self._url = url
-        self._password = info.get("password")
-        self._where = (f"PostgreSQL database {info.get('dbname') or info.get('user') or '(default)'!r} at "
-                      f"{info.get('host') or 'the local socket'}:{info.get('port') or 5432}")
-        self._connect_args = {} if "connect_timeout" in info else {"connect_timeout": self.CONNECT_TIMEOUT}
+        self._password = str(info["password"]) if info.get("password") else None
+        self._where = (
+            f"PostgreSQL database {info.get('dbname') or info.get('user') or '(default)'!r} at "
+            f"{info.get('host') or 'the local socket'}:{info.get('port') or 5432}"
+        )
+        self._connect_args: dict = {}
+        if "connect_timeout" not in info:
+            self._connect_args["connect_timeout"] = settings.STORE_CONNECT_TIMEOUT_S
+        if "options" not in info:
+            self._connect_args["options"] = f"-c statement_timeout={settings.STORE_STATEMENT_TIMEOUT_S * 1000}"
         self._migrate()
+
+    @property
+    def where(self) -> str:
+        return self._where
+
+    def _reason(self, e: Exception) -> str:
+        reason = super()._reason(e)
+        return reason.replace(self._password, "***") if self._password else reason
 
     def _connect(self) -> psycopg.Connection:
         try:
             return psycopg.connect(self._url, autocommit=True, **self._connect_args)
         except psycopg.OperationalError as e:
-            reason = str(e).strip().splitlines()[0]
-            if self._password:
-                reason = reason.replace(self._password, "***")
-            raise RuntimeError(f"cannot connect to {self._where}: {reason}") from None
+            raise StoreUnavailable(f"cannot connect to {self._where}: {self._reason(e)}") from None
 
-    def _execute(self, sql: str, args=()) -> psycopg.Cursor:
+    def _run(self, sql: str, args=()) -> psycopg.Cursor:
         # psycopg's placeholder is %s (no query here has a literal ? or %); no arguments, no placeholders, so
         # a migration can hold several statements
         return self._db().execute(sql.replace("?", "%s"), args or None)
 
-    def _transaction(self):
+    def _begin(self):
         return self._db().transaction()
 
     def _migrate(self) -> None:
@@ -355,8 +471,10 @@ def open_store(url: str, create: bool = True) -> FeedbackStore:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
     if "://" in url and not url.startswith("sqlite:///"):  # only the scheme is named: the rest may hold a password
-        raise ValueError(f"unsupported feedback store {url.split('://')[0]}://...: use sqlite:///path/to/file.db "
-                         "(or a file path) or postgresql://user@host:port/database")
+        raise ValueError(
+            f"unsupported feedback store {url.split('://')[0]}://...: use sqlite:///path/to/file.db "
+            "(or a file path) or postgresql://user@host:port/database"
+        )
     path = Path(url.removeprefix("sqlite:///"))
     if not create and not path.exists():
         raise FileNotFoundError(f"no feedback store at {path}")
@@ -366,48 +484,3 @@ def open_store(url: str, create: bool = True) -> FeedbackStore:
 def display_url(url: str) -> str:
     """The URL with its password, if any, masked, for printing."""
     return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
-    """Copy every item of source into target as it is: id, created time, consumed_by, idempotency key, image
-    and map. Ids the target holds already are skipped, but for their state: one that a retraining run consumed
-    in the source since the last copy is marked consumed in the target too. So a copy can be run again, after
-    an interruption or to catch up before switching stores. {"copied", "skipped", "marked_consumed"}."""
-    present = {item.id: item.consumed_by for item in target.items(with_data=False)}
-    total = source.stats()["total"]
-    copied = skipped = marked = 0
-    with tqdm(total=total, unit="item", desc="copying feedback", disable=total < 1000) as progress:
-        for item in source.items(with_data=False):
-            if item.id in present:
-                skipped += 1
-                if item.consumed_by and present[item.id] is None:
-                    marked += target.mark_consumed([item.id], item.consumed_by)
-            else:
-                stored, created = target._insert(source.get(item.id))
-                if stored != item.id:
-                    raise ConflictError(f"item {item.id}: its idempotency_key {item.idempotency_key!r} is taken "
-                                        f"in the target by {stored}")
-                copied += created
-            progress.update()
-    return {"copied": copied, "skipped": skipped, "marked_consumed": marked}
-
-
-def export_folder(store: FeedbackStore, out: str | Path, consumed: bool | None = None,
-                  model_name: str = "") -> dict:
-    """Write items as an image folder plus a maps folder, the format `abn train` and `abn finetune` read:
-    out/images/<class>/<id>.<ext> (the bytes as submitted) and out/maps/<class>/<id>.png. The class is the
-    corrected label, else the predicted one; items with neither are left out and counted."""
-    out = Path(out)
-    written, skipped = 0, 0
-    for item in store.items(consumed=consumed, model_name=model_name):
-        cls = item.label or item.predicted_label
-        if not cls:
-            skipped += 1
-            continue
-        ext = (Image.open(io.BytesIO(item.image)).format or "png").lower()
-        for folder in ("images", "maps"):
-            (out / folder / cls).mkdir(parents=True, exist_ok=True)
-        (out / "images" / cls / f"{item.id}.{ext}").write_bytes(item.image)
-        Image.fromarray((item.attention * 255).round().astype(np.uint8)).save(out / "maps" / cls / f"{item.id}.png")
-        written += 1
-    return {"out": str(out), "written": written, "skipped_without_class": skipped}

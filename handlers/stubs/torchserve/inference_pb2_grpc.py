@@ -4,7 +4,7 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
-from serving.stubs.torchserve import inference_pb2 as torchserve_dot_inference__pb2
+from handlers.stubs.torchserve import inference_pb2 as torchserve_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -22,7 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from serving.stubs.abn.v1 import prediction_pb2 as abn_dot_v1_dot_prediction__pb2
+from handlers.stubs.abn.v1 import prediction_pb2 as abn_dot_v1_dot_prediction__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 

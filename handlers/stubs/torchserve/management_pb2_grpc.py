@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from serving.stubs.torchserve import management_pb2 as torchserve_dot_management__pb2
+from handlers.stubs.torchserve import management_pb2 as torchserve_dot_management__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from serving.stubs.abn.v1 import feedback_pb2 as abn_dot_v1_dot_feedback__pb2
+from handlers.stubs.abn.v1 import feedback_pb2 as abn_dot_v1_dot_feedback__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,6 +1,6 @@
 import datetime
 
-from serving.stubs.abn.v1 import prediction_pb2 as _prediction_pb2
+from handlers.stubs.abn.v1 import prediction_pb2 as _prediction_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper

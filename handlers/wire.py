@@ -10,7 +10,7 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from serving.stubs.abn.v1.prediction_pb2 import AttentionMap, ClassScore, Prediction
+from handlers.stubs.abn.v1.prediction_pb2 import AttentionMap, ClassScore, Prediction
 
 MIN_MAP_SIDE, MAX_MAP_SIDE = 2, 1024
 
@@ -31,8 +31,7 @@ def map_from_proto(m: AttentionMap, field: str = "attention") -> np.ndarray:
     """The h x w float32 array of an AttentionMap, after checking its size and values."""
     h, w = m.height, m.width
     if not (MIN_MAP_SIDE <= h <= MAX_MAP_SIDE and MIN_MAP_SIDE <= w <= MAX_MAP_SIDE):
-        raise WireError(f"{field}: height and width must be between {MIN_MAP_SIDE} and {MAX_MAP_SIDE}, "
-                        f"got {h}x{w}")
+        raise WireError(f"{field}: height and width must be between {MIN_MAP_SIDE} and {MAX_MAP_SIDE}, got {h}x{w}")
     if len(m.values) != h * w:
         raise WireError(f"{field}: {h}x{w} map needs {h * w} values, got {len(m.values)}")
     values = np.asarray(m.values, dtype=np.float32).reshape(h, w)
@@ -52,14 +51,25 @@ def parse_map(data: bytes, field: str = "attention") -> np.ndarray:
     return map_from_proto(m, field)
 
 
-def prediction(probabilities: np.ndarray, attention: np.ndarray, classes: list[str], top_k: int,
-               model_name: str, model_version: str, supplied: bool) -> Prediction:
+def prediction(
+    probabilities: np.ndarray,
+    attention: np.ndarray,
+    classes: list[str],
+    top_k: int,
+    model_name: str,
+    model_version: str,
+    supplied: bool,
+) -> Prediction:
     """A Prediction from one sample's class probabilities (K) and its map (h x w)."""
     order = np.argsort(-probabilities, kind="stable")[:top_k]
     return Prediction(
-        prediction_id=uuid.uuid4().hex, model_name=model_name, model_version=model_version,
+        prediction_id=uuid.uuid4().hex,
+        model_name=model_name,
+        model_version=model_version,
         scores=[ClassScore(index=int(i), label=classes[i], probability=float(probabilities[i])) for i in order],
-        attention=map_to_proto(attention), attention_supplied=supplied)
+        attention=map_to_proto(attention),
+        attention_supplied=supplied,
+    )
 
 
 def to_json(message) -> str:

@@ -1,0 +1,105 @@
+"""A retraining candidate: the served model fine-tuned on corrections collected in service, and its scores.
+
+The corrections arrive as plain values (Correction), so this part of the loop
+knows nothing of the services that collected them. The candidate is
+fine-tuned on the corrections plus the model's own training data when it came
+from a built-in set, and scored beside the served model on the same held-out
+data: the model's validation split when known, plus kept-back corrections.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from finetune import checkpoint, data, knowledge
+from finetune.data import DataConfig, TensorSet
+from finetune.evaluate import evaluate, predict
+from finetune.images import image_tensor, open_image, resize_map
+from finetune.model import ABN
+from finetune.visualize import map_rows
+
+
+@dataclass(frozen=True)
+class Correction:
+    image: bytes  # encoded, as submitted
+    attention: np.ndarray  # h x w in [0, 1], the image's aspect ratio
+    label: str  # a class of the model
+
+
+@dataclass
+class Candidate:
+    model: ABN
+    served: ABN  # the parent, unchanged, for comparison
+    meta: dict  # the parent's metadata
+    history: list[dict]
+    figures: dict  # {"served" | "candidate": {"held_out": evaluate(...), "check_feedback": evaluate(...)}}
+
+
+def correction_set(corrections: list[Correction], meta: dict) -> TensorSet:
+    size = tuple(meta["input_size"])
+    images = torch.stack([image_tensor(open_image(c.image), size) for c in corrections])
+    labels = torch.tensor([meta["classes"].index(c.label) for c in corrections])
+    maps = torch.stack([resize_map(torch.from_numpy(c.attention)[None], size) for c in corrections])
+    return TensorSet(images, labels, maps)
+
+
+def own_data(meta: dict) -> tuple[TensorSet | None, TensorSet | None]:
+    """The model's training and validation splits, when it was trained on a built-in set."""
+    source = meta["trained_on"]
+    while "parent" in source:  # a fine-tuned model: its ancestor was trained on the data
+        source = source["parent"]
+    if source.get("data") not in data.BUILTIN:
+        return None, None
+    cfg = DataConfig(
+        decoy=source.get("decoy") or "glyph",
+        decoy_size=source.get("decoy_size"),
+        clean=source.get("decoy") is None,
+        data_seed=source.get("data_seed", 0),
+    )
+    size = tuple(meta["input_size"])
+    train, val = (data.builtin_split(cfg, split, size) for split in ("train", "val"))
+    train.has_map[:] = False  # its object masks are not corrections
+    val.has_map[:] = False
+    return train, val
+
+
+def build(
+    parent: bytes,
+    tune: list[Correction],
+    check: list[Correction],
+    cfg: knowledge.TuneConfig,
+    figure: Path | None = None,
+) -> Candidate:
+    """Fine-tune the parent checkpoint (bytes) on tune; score it and the parent on check and the model's own
+    validation split; draw the maps of both on check's first images into figure."""
+    model, meta = checkpoint.load(parent)
+    served, _ = checkpoint.load(parent)
+    own_train, own_val = own_data(meta)
+    tune_set: Dataset = correction_set(tune, meta)
+    history = knowledge.fine_tune(
+        model, ConcatDataset([tune_set] + ([own_train] if own_train else [])), meta["mean"], meta["std"], cfg
+    )
+    check_set = correction_set(check, meta)
+    held_out: ConcatDataset = ConcatDataset([check_set] + ([own_val] if own_val else []))
+    figures = {
+        name: {
+            "held_out": evaluate(m, held_out, meta["mean"], meta["std"]),
+            "check_feedback": evaluate(m, check_set, meta["mean"], meta["std"]),
+        }
+        for name, m in (("served", served), ("candidate", model))
+    }
+    if figure is not None:
+        _figure(served, model, check_set, meta, figure)
+    return Candidate(model, served, meta, history, figures)
+
+
+def _figure(before: ABN, after: ABN, check_set: TensorSet, meta: dict, path: Path, count: int = 6) -> None:
+    n = min(count, len(check_set))
+    images = check_set.images[:n]
+    _, maps_before = predict(before, images, meta["mean"], meta["std"])
+    _, maps_after = predict(after, images, meta["mean"], meta["std"])
+    rows = [(images[i], [None, maps_before[i], check_set.maps[i], maps_after[i]]) for i in range(n)]
+    map_rows(rows, ["image", "served map", "corrected map", "candidate map"], path)

@@ -1,0 +1,127 @@
+"""A client of the feedback service: send corrections, read them back, ask its health.
+
+A submission the service answers UNAVAILABLE (its store unreachable, or the
+service restarting) is sent again, a few times with growing pauses, with the
+same idempotency key, so that it is stored once however many tries it takes.
+"""
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from handlers import wire
+from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
+from handlers.stubs.abn.v1.prediction_pb2 import Prediction
+from serving import settings
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", settings.FEEDBACK_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", settings.FEEDBACK_MAX_MESSAGE_BYTES),
+]
+
+
+class FeedbackClient:
+    def __init__(
+        self,
+        target: str = f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}",
+        token_file: str | Path | None = None,
+        ca: str | Path | None = None,
+        timeout: float = settings.CALL_TIMEOUT_S,
+        retries: int = settings.FEEDBACK_RETRIES,
+    ):
+        self.timeout, self.retries = timeout, retries
+        credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes()) if ca else None
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+            if credentials
+            else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        )
+        self._stub = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
+        token = Path(token_file).read_text().strip() if token_file else None
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "FeedbackClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def submit(
+        self,
+        image: bytes,
+        attention: np.ndarray,
+        prediction: Prediction | None = None,
+        label: str = "",
+        author: str = "",
+        idempotency_key: str | None = None,
+        model_name: str = "",
+        model_version: str = "",
+        predicted_label: str = "",
+    ) -> feedback_pb2.SubmitFeedbackResponse:
+        """Send a corrected map (h x w in [0, 1], the image's aspect ratio) for an image; label corrects the
+        class. With prediction, the correction names the prediction, its model and its top class."""
+        request = feedback_pb2.SubmitFeedbackRequest(
+            image=image,
+            attention=wire.map_to_proto(attention),
+            label=label,
+            author=author,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            model_name=model_name,
+            model_version=model_version,
+            predicted_label=predicted_label,
+        )
+        if prediction is not None:
+            request.prediction_id = prediction.prediction_id
+            request.model_name = request.model_name or prediction.model_name
+            request.model_version = request.model_version or prediction.model_version
+            request.predicted_label = request.predicted_label or (
+                prediction.scores[0].label if prediction.scores else ""
+            )
+        for attempt in range(self.retries):
+            try:
+                return self._stub.SubmitFeedback(
+                    request, metadata=self._metadata, timeout=self.timeout, wait_for_ready=attempt > 0
+                )
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def get(self, feedback_id: str) -> feedback_pb2.Feedback:
+        request = feedback_pb2.GetFeedbackRequest(id=feedback_id)
+        return self._stub.GetFeedback(request, metadata=self._metadata, timeout=self.timeout).feedback
+
+    def list(
+        self, since: float | None = None, pending: bool | None = None, model_name: str = "", metadata_only: bool = False
+    ) -> Iterator[feedback_pb2.Feedback]:
+        """Stored corrections, oldest first; since = unix seconds; pending True/False filters by state."""
+        request = feedback_pb2.ListFeedbackRequest(model_name=model_name, metadata_only=metadata_only)
+        if since is not None:
+            request.since.FromNanoseconds(int(since * 1e9))
+        if pending is not None:
+            request.state = feedback_pb2.FEEDBACK_STATE_PENDING if pending else feedback_pb2.FEEDBACK_STATE_CONSUMED
+        for answer in self._stub.ListFeedback(request, metadata=self._metadata, timeout=self.timeout):
+            yield answer.feedback
+
+    def stats(self, model_name: str = "") -> feedback_pb2.GetFeedbackStatsResponse:
+        request = feedback_pb2.GetFeedbackStatsRequest(model_name=model_name)
+        return self._stub.GetFeedbackStats(request, metadata=self._metadata, timeout=self.timeout)
+
+    def serving(self) -> bool:
+        """True when the service's standard health check answers SERVING."""
+        try:
+            answer = health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=self.timeout
+            )
+            return answer.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False

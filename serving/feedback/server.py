@@ -1,0 +1,236 @@
+"""The feedback service's gRPC server: abn.v1.FeedbackService, health, reflection, and what wraps every call.
+
+Listens on 127.0.0.1:7072 by default. Serves the standard gRPC health service
+and server reflection (so generic tools such as `buf curl` can call it without
+the protos). Health follows the store: NOT_SERVING while the store cannot be
+reached, SERVING again when it can. When a token is configured, every call
+but health and reflection needs the metadata `authorization: Bearer <token>`.
+TLS when a certificate and key are given. Messages are bounded; shutdown lets
+calls in flight finish.
+
+Two interceptors wrap the handler of every call: TokenAuth (outermost) and
+ErrorStatus, the one place where exceptions become gRPC statuses.
+"""
+
+import logging
+import secrets
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from finetune.images import ImageError
+from handlers import wire
+from handlers.stubs.abn.v1 import feedback_pb2_grpc
+from serving import settings
+from serving.feedback.service import SERVICE, FeedbackService, NotFoundError
+from serving.feedback.store import ConflictError, FeedbackStore, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+UNAVAILABLE_MESSAGE = (
+    "the feedback store cannot be reached now; retry later (a correction sent again with the same "
+    "idempotency_key is stored once)"
+)
+# Exceptions a call may raise, in the order they are matched, with their status; None keeps their message.
+STATUSES: list[tuple[tuple[type[Exception], ...], grpc.StatusCode, str | None]] = [
+    ((StoreUnavailable,), grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE),
+    ((ConflictError,), grpc.StatusCode.ALREADY_EXISTS, None),
+    ((NotFoundError,), grpc.StatusCode.NOT_FOUND, None),
+    ((wire.WireError, ImageError), grpc.StatusCode.INVALID_ARGUMENT, None),
+]
+
+
+def _wrap(handler: grpc.RpcMethodHandler | None, unary: Callable, stream: Callable) -> grpc.RpcMethodHandler | None:
+    """handler with its behaviour passed through unary(behaviour) or stream(behaviour), by its kind. Every call
+    of this service has a unary request; others (reflection's) pass unchanged."""
+    if handler is None:
+        return None
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+        )
+    return handler
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <token>`, except health checks and reflection."""
+
+    MESSAGE = "missing or wrong token: send metadata `authorization: Bearer <token>`"
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if details.method.startswith(OPEN_METHODS):
+            return handler
+        sent = dict(details.invocation_metadata).get("authorization", "")
+        if secrets.compare_digest(sent.encode(), self.expected):
+            return handler
+
+        def refuse(behaviour):
+            def refused(request, context):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, self.MESSAGE)
+
+            return refused
+
+        return _wrap(handler, refuse, refuse)
+
+
+class ErrorStatus(grpc.ServerInterceptor):
+    """Maps what a call raises to a status (STATUSES); anything else is INTERNAL, logged here with an incident
+    id that the caller's message names, and no detail of it reaches the caller. on_outage runs when the store
+    is unavailable."""
+
+    def __init__(self, on_outage: Callable[[], None] = lambda: None):
+        self.on_outage = on_outage
+
+    def _abort(self, context, method: str, error: Exception):
+        for types, code, message in STATUSES:
+            if isinstance(error, types):
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    logger.warning("%s: %s", method, error)
+                    self.on_outage()
+                context.abort(code, message or str(error))
+        incident = uuid.uuid4().hex[:12]
+        logger.error("%s: internal error, incident %s", method, incident, exc_info=error)
+        context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error in the feedback service (incident {incident}, in its log)"
+        )
+
+    def intercept_service(self, continuation, details):
+        method = details.method
+
+        def unary(behaviour):
+            def call(request, context):
+                try:
+                    return behaviour(request, context)
+                except Exception as e:
+                    if _aborted(context):
+                        raise
+                    self._abort(context, method, e)
+
+            return call
+
+        def stream(behaviour):
+            def call(request, context) -> Iterator:
+                try:
+                    yield from behaviour(request, context)
+                except Exception as e:
+                    if _aborted(context):
+                        raise
+                    self._abort(context, method, e)
+
+            return call
+
+        return _wrap(continuation(details), unary, stream)
+
+
+def _aborted(context) -> bool:
+    """True when the call already ended with a status (context.abort raises to unwind)."""
+    code = context.code()
+    return code is not None and code != grpc.StatusCode.OK
+
+
+class StoreHealth:
+    """Keeps the health service in step with the store: it probes the store every interval seconds, and at
+    once when a call finds it unavailable."""
+
+    def __init__(self, store: FeedbackStore, servicer: health.HealthServicer, interval: float):
+        self.store, self.servicer, self.interval = store, servicer, interval
+        self._stop = threading.Event()
+        self._serving: bool | None = None
+        self._thread = threading.Thread(target=self._run, name="store-health", daemon=True)
+
+    def set(self, serving: bool) -> None:
+        if serving != self._serving:
+            self._serving = serving
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE):
+                self.servicer.set(name, status)
+            if serving:
+                logger.info("feedback store reachable: SERVING")
+            else:
+                logger.warning("feedback store unreachable: NOT_SERVING")
+
+    def probe(self) -> None:
+        try:
+            self.store.ping()
+            self.set(True)
+        except Exception as e:  # any failure to answer means the service cannot serve
+            logger.warning("feedback store probe: %s", e)
+            self.set(False)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.probe()
+
+    def start(self) -> None:
+        self.probe()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class FeedbackServer:
+    """The started server; port is the one it listens on (address may ask for port 0).
+    tls = (certificate chain PEM, private key PEM)."""
+
+    def __init__(
+        self,
+        store: FeedbackStore,
+        address: str = f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}",
+        token: str | None = None,
+        tls: tuple[bytes, bytes] | None = None,
+        classes: dict[str, list[str]] | None = None,
+        workers: int = 16,
+        probe_interval: float = settings.STORE_PROBE_INTERVAL_S,
+    ):
+        options = [
+            ("grpc.max_receive_message_length", settings.FEEDBACK_MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", settings.FEEDBACK_MAX_MESSAGE_BYTES),
+        ]
+        health_servicer = health.HealthServicer()
+        self.health = StoreHealth(store, health_servicer, probe_interval)
+        interceptors: list[grpc.ServerInterceptor] = [TokenAuth(token)] if token else []
+        interceptors.append(ErrorStatus(on_outage=lambda: self.health.set(False)))
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers), options=options, interceptors=interceptors
+        )
+        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackService(store, classes), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        if tls:
+            self.port = self.server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
+        else:
+            self.port = self.server.add_insecure_port(address)
+        self.health.start()
+        self.server.start()
+
+    def stop(self, grace: float | None = settings.SHUTDOWN_GRACE_S) -> None:
+        """Stop listening; calls in flight may finish within grace seconds."""
+        self.health.stop()
+        self.server.stop(grace).wait()
+
+
+def write_token(path: str | Path) -> str:
+    """A new random token in a file only its owner can read; an existing file's token is kept."""
+    path = Path(path)
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token

@@ -1,0 +1,137 @@
+"""abn.v1.FeedbackService: each call validates its request, converts it, calls the store, converts back.
+
+Errors are raised, never turned into statuses here: serving.feedback.server
+maps them, in one place (bad input -> INVALID_ARGUMENT, and so on).
+Everything is validated before anything is written.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from finetune import checkpoint
+from finetune.images import ImageError, check_aspect, open_image
+from handlers import wire
+from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
+from serving import settings
+from serving.feedback.store import FeedbackStore, Item
+
+SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+
+
+class NotFoundError(LookupError):
+    """What a request names is not stored."""
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+def _message(item: Item, with_data: bool = True) -> feedback_pb2.Feedback:
+    return feedback_pb2.Feedback(
+        id=item.id,
+        image=item.image if with_data else b"",
+        image_sha256=item.image_sha256,
+        attention=wire.map_to_proto(item.attention) if with_data else None,
+        label=item.label,
+        predicted_label=item.predicted_label,
+        prediction_id=item.prediction_id,
+        model_name=item.model_name,
+        model_version=item.model_version,
+        author=item.author,
+        idempotency_key=item.idempotency_key,
+        created_time=_timestamp(item.created),
+        consumed_by=item.consumed_by or "",
+        state=feedback_pb2.FEEDBACK_STATE_CONSUMED if item.consumed_by else feedback_pb2.FEEDBACK_STATE_PENDING,
+    )
+
+
+def known_classes(checkpoints: list[str] | list[Path]) -> dict[str, list[str]]:
+    """Model name -> class names, from checkpoints' metadata."""
+    metas = [checkpoint.read_metadata(p) for p in checkpoints]
+    return {m["name"]: m["classes"] for m in metas}
+
+
+def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]]) -> Item:
+    """The item to store, or wire.WireError naming the field. classes: model name -> its class names, for the
+    models whose labels are checked."""
+    for name in (
+        "label",
+        "predicted_label",
+        "prediction_id",
+        "model_name",
+        "model_version",
+        "author",
+        "idempotency_key",
+    ):
+        if len(getattr(r, name)) > settings.MAX_TEXT:
+            raise wire.WireError(f"{name}: longer than {settings.MAX_TEXT} characters")
+    try:
+        image = open_image(r.image, "image")
+    except ImageError as e:
+        raise wire.WireError(str(e)) from e
+    if not r.HasField("attention"):
+        raise wire.WireError("attention: missing; send the corrected map")
+    attention = wire.map_from_proto(r.attention, "attention")
+    try:
+        check_aspect((attention.shape[1], attention.shape[0]), image.size, "attention")
+    except ImageError as e:
+        raise wire.WireError(str(e)) from e
+    known = classes.get(r.model_name)
+    for name in ("label", "predicted_label"):
+        value = getattr(r, name)
+        if value and known is not None and value not in known:
+            raise wire.WireError(f"{name}: {value!r} is not a class of model {r.model_name!r} ({', '.join(known)})")
+    return Item(
+        image=r.image,
+        attention=attention,
+        label=r.label,
+        predicted_label=r.predicted_label,
+        prediction_id=r.prediction_id,
+        model_name=r.model_name,
+        model_version=r.model_version,
+        author=r.author,
+        idempotency_key=r.idempotency_key,
+    )
+
+
+class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
+    def __init__(self, store: FeedbackStore, classes: dict[str, list[str]] | None = None):
+        self.store = store
+        self.classes = classes or {}  # model name -> class names, for the models this service knows
+
+    def SubmitFeedback(self, request, context):
+        feedback_id, created = self.store.submit(validate(request, self.classes))
+        return feedback_pb2.SubmitFeedbackResponse(id=feedback_id, created=created)
+
+    def GetFeedback(self, request, context):
+        item = self.store.get(request.id) if request.id else None
+        if item is None:
+            raise NotFoundError(f"id: no feedback {request.id!r}")
+        return feedback_pb2.GetFeedbackResponse(feedback=_message(item))
+
+    def ListFeedback(self, request, context) -> Iterator[feedback_pb2.ListFeedbackResponse]:
+        consumed = {feedback_pb2.FEEDBACK_STATE_PENDING: False, feedback_pb2.FEEDBACK_STATE_CONSUMED: True}
+        since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
+        for item in self.store.items(
+            since, consumed.get(request.state), request.model_name, with_data=not request.metadata_only
+        ):
+            if not context.is_active():
+                return
+            yield feedback_pb2.ListFeedbackResponse(feedback=_message(item, not request.metadata_only))
+
+    def GetFeedbackStats(self, request, context):
+        s = self.store.stats(request.model_name)
+
+        def counts(d: dict) -> list:
+            return [feedback_pb2.Count(key=k, count=v) for k, v in d.items()]
+
+        return feedback_pb2.GetFeedbackStatsResponse(
+            total=s["total"],
+            by_state=counts(s["by_state"]),
+            by_label=counts(s["by_label"]),
+            by_model_version=counts(s["by_model_version"]),
+        )

@@ -1,0 +1,157 @@
+"""Service lifecycles: start the services on typed configurations, say where they are, run until SIGINT or
+SIGTERM, stop them cleanly. The command line builds the configurations and calls these."""
+
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from finetune import checkpoint, decoy_digits, train
+from serving import retraining, settings
+from serving.client import Client
+from serving.feedback.server import FeedbackServer, write_token
+from serving.feedback.service import known_classes
+from serving.feedback.store import FeedbackStore, display_url, open_store
+from serving.torchserve import archive
+from serving.torchserve.config import ServeConfig
+from serving.torchserve.process import TorchServe
+from serving.torchserve.served import ServedRecord
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@dataclass
+class FeedbackConfig:
+    store: str = field(default_factory=settings.feedback_store)
+    address: str = field(default_factory=lambda: f"{settings.default_host()}:{settings.FEEDBACK_PORT}")
+    token_file: str | None = settings.FEEDBACK_TOKEN_FILE  # created, owner-only, when absent; None: no token
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve TLS
+    tls_key: str | None = None
+    checkpoints: list[str] = field(default_factory=list)  # of the served models: labels are checked against them
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+
+@dataclass
+class UpConfig:
+    """The main job: the demo model trained (or resumed), archived, served beside the feedback service."""
+
+    serve: ServeConfig
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    model_out: str = settings.DEMO_MODEL  # folder of the demo model
+    epochs: int = train.TrainConfig.epochs  # of the demo model, when it is trained
+    retrain_schedule: str | None = None  # a cron expression: run retraining on it, in the background
+
+
+def check_listen(serve: ServeConfig | None = None, feedback: FeedbackConfig | None = None) -> None:
+    """Before anything starts: the addresses the services would listen on are allowed."""
+    if serve is not None:
+        settings.check_host(serve.host, "TorchServe")
+    if feedback is not None:
+        settings.check_host(feedback.host, "the feedback service", token_off=feedback.token_file is None)
+
+
+def wait_for_stop() -> None:
+    """Until SIGINT or SIGTERM; blocking both first makes either end the wait, so the caller cleans up."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    print("Ctrl-C stops it.", flush=True)
+    signal.sigwait(STOP_SIGNALS)
+
+
+def start_feedback(cfg: FeedbackConfig) -> tuple[FeedbackServer, FeedbackStore]:
+    store = open_store(cfg.store)
+    token = write_token(cfg.token_file) if cfg.token_file else None
+    tls = (Path(cfg.tls_cert).read_bytes(), Path(cfg.tls_key).read_bytes()) if cfg.tls_cert and cfg.tls_key else None
+    server = FeedbackServer(store, cfg.address, token, tls, known_classes(cfg.checkpoints))
+    print(
+        f"feedback service on {cfg.host}:{server.port} ({'TLS' if tls else 'plaintext'}), store "
+        f"{display_url(cfg.store)}" + (f", token in {cfg.token_file}" if token else ", no token"),
+        flush=True,
+    )
+    return server, store
+
+
+def stop_feedback(server: FeedbackServer, store: FeedbackStore) -> None:
+    server.stop()  # calls in flight finish
+    store.close()
+
+
+def _announce(cfg: ServeConfig) -> None:
+    t = cfg.target
+    print(
+        f"TorchServe answers gRPC on {t.inference} (inference) and {t.management} (management), Prometheus "
+        f"metrics on {cfg.metrics_url}; tokens in {cfg.key_file}; logs in {cfg.workdir / 'logs'}",
+        flush=True,
+    )
+
+
+def serve(cfg: ServeConfig) -> None:
+    """TorchServe alone, with the archives cfg names."""
+    check_listen(serve=cfg)
+    with TorchServe(cfg):
+        _announce(cfg)
+        wait_for_stop()
+
+
+def feedback(cfg: FeedbackConfig) -> None:
+    """The feedback service alone."""
+    check_listen(feedback=cfg)
+    server, store = start_feedback(cfg)
+    try:
+        wait_for_stop()
+    finally:
+        stop_feedback(server, store)
+
+
+def _demo_archive(cfg: UpConfig) -> Path:
+    """The archive to serve: the one promoted last, else the demo model's, trained and archived if need be."""
+    train.train(train.TrainConfig(out=cfg.model_out, resume=True, epochs=cfg.epochs))
+    ckpt = Path(cfg.model_out) / "checkpoint.pt"
+    meta = checkpoint.read_metadata(ckpt)
+    mar = cfg.serve.model_store / archive.archive_name(meta["name"], meta["version"])
+    if not mar.exists() or mar.stat().st_mtime < ckpt.stat().st_mtime:
+        archive.build(ckpt, cfg.serve.model_store)
+    return ServedRecord(cfg.serve.model_store, meta["name"]).archive() or mar
+
+
+def up(cfg: UpConfig) -> None:
+    check_listen(cfg.serve, cfg.feedback)
+    mar = _demo_archive(cfg)
+    name = checkpoint.read_metadata(Path(cfg.model_out) / "checkpoint.pt")["name"]
+    sample = decoy_digits.build("test").images[0, 0]
+    Image.fromarray((sample.numpy() * 255).round().astype("uint8")).save(Path(settings.RUNS) / "sample.png")
+    cfg.serve.models = {name: mar.name}
+    cfg.feedback.checkpoints = cfg.feedback.checkpoints or [str(Path(cfg.model_out) / "checkpoint.pt")]
+    with TorchServe(cfg.serve):
+        _announce(cfg.serve)
+        server, store = start_feedback(cfg.feedback)
+        if cfg.retrain_schedule:
+            job = retraining.for_services(
+                cfg.serve, model=name, store=cfg.feedback.store, schedule=cfg.retrain_schedule
+            )
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the thread inherits it: only this one waits
+            threading.Thread(target=retraining.run_on_schedule, args=(job,), daemon=True).start()
+        print(
+            'Try it: see README.md, "Asking for a prediction" and "Sending a correction" (runs/sample.png is '
+            "a test digit)",
+            flush=True,
+        )
+        try:
+            wait_for_stop()
+        finally:
+            stop_feedback(server, store)
+
+
+def health(client: Client, model: str = "", feedback: bool = True) -> dict[str, bool]:
+    """TorchServe answers its ping; the model has a ready worker (when named); the feedback service answers
+    SERVING (when asked)."""
+    checks = {"torchserve": client.ping()}
+    if model:
+        checks[f"model {model}"] = client.model_ready(model)
+    if feedback:
+        checks["feedback"] = client.feedback_serving()
+    return checks

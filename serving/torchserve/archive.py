@@ -1,0 +1,123 @@
+"""Build a TorchServe archive (.mar) of one model version from a checkpoint.
+
+The archive holds the handler, the checkpoint (weights + metadata), for the
+ONNX backend the ONNX export (checked against PyTorch first), a
+model-config.yaml with the batching and backend settings, and the product code
+the handler runs (the packages finetune/ and handlers/, as they were when the
+archive was built). A worker runs that code, not whatever version of the
+product is installed beside TorchServe, so an archive keeps working, and
+behaving as it was checked, after the product is upgraded or rolled back.
+It is written to <model store>/<name>.v<version>.mar.
+"""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import finetune
+import handlers
+from finetune import checkpoint, onnx_export
+
+HANDLER = Path(handlers.__path__[0]).resolve() / "abn_handler.py"
+BUNDLED = (finetune, handlers)  # the packages the handler imports, carried inside every archive
+BACKENDS = ("onnx", "torch")
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """How an archive serves: retraining builds version N+1 with the settings of version N."""
+
+    backend: str = "onnx"  # one of BACKENDS
+    batch_size: int = 8  # largest batch TorchServe forms
+    max_batch_delay: int = 10  # ms TorchServe waits to fill a batch
+    workers: int = 1  # worker processes for this model
+    threads: int | None = None  # intra-op threads per worker; None: cores / workers
+
+
+def archive_name(name: str, version: int | str) -> str:
+    return f"{name}.v{version}.mar"
+
+
+def _stage_code(dest: Path) -> None:
+    """Copies of the bundled packages in dest, without caches."""
+    for package in BUNDLED:
+        source = Path(package.__path__[0]).resolve()
+        shutil.copytree(source, dest / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def build(
+    ckpt: str | Path, model_store: str | Path, cfg: ArchiveConfig = ArchiveConfig(), name: str | None = None
+) -> Path:
+    """Write the .mar and return its path."""
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+    model, meta = checkpoint.load(ckpt)
+    name = name or meta["name"]
+    store = Path(model_store)
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        extra = [tmp / "checkpoint.pt", tmp / "code"]
+        shutil.copy(ckpt, extra[0])
+        _stage_code(extra[1])
+        if cfg.backend == "onnx":
+            extra.append(tmp / "model.onnx")
+            onnx_export.export(model, meta, extra[-1])
+            onnx_export.check(model, meta, extra[-1])
+        config = {
+            "batchSize": cfg.batch_size,
+            "maxBatchDelay": cfg.max_batch_delay,
+            "minWorkers": cfg.workers,
+            "maxWorkers": cfg.workers,
+            "responseTimeout": 120,
+            "handler": {"profile": True},  # TorchServe's @timed: a timing metric per handler stage
+            "abn": {"backend": cfg.backend, **({"threads": cfg.threads} if cfg.threads else {})},
+        }
+        (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "torch-model-archiver"),
+                "--model-name",
+                name,
+                "--version",
+                str(meta["version"]),
+                "--handler",
+                str(HANDLER),
+                "--extra-files",
+                ",".join(map(str, extra)),
+                "--config-file",
+                str(tmp / "model-config.yaml"),
+                "--export-path",
+                str(tmp),
+                "--force",
+            ],
+            check=True,
+        )
+        target = store / archive_name(name, meta["version"])
+        shutil.move(tmp / f"{name}.mar", target)
+    return target
+
+
+def settings_of(archive: str | Path) -> ArchiveConfig:
+    """The settings an archive was built with."""
+    with zipfile.ZipFile(archive) as z:
+        config = yaml.safe_load(z.read("model-config.yaml"))
+    return ArchiveConfig(
+        backend=config["abn"]["backend"],
+        batch_size=config["batchSize"],
+        max_batch_delay=config["maxBatchDelay"],
+        workers=config["minWorkers"],
+        threads=config["abn"].get("threads"),
+    )
+
+
+def checkpoint_of(archive: str | Path) -> bytes:
+    """The checkpoint an archive serves, as bytes."""
+    with zipfile.ZipFile(archive) as z:
+        return z.read("checkpoint.pt")

@@ -1,0 +1,169 @@
+"""A client of TorchServe's gRPC APIs: predictions (inference) and model versions (management).
+
+The client reads TorchServe's tokens from its key file. Tokens expire (60
+minutes by default) while the service runs on: when a call is refused as
+unauthenticated, the client takes the key file's newer token, or asks
+TorchServe for one with the API key, and repeats the call once.
+"""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+
+from handlers import wire
+from handlers.stubs.abn.v1.prediction_pb2 import Prediction
+from handlers.stubs.torchserve import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
+from serving import settings
+from serving.torchserve.config import Target
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", settings.TORCHSERVE_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", settings.TORCHSERVE_MAX_MESSAGE_BYTES),
+]
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# What a service that is not up yet (or its half-written key file) raises.
+NOT_UP = (grpc.RpcError, urllib.error.URLError, KeyError, OSError, ValueError)
+
+
+class PredictionError(grpc.RpcError):
+    """A request refused by the handler inside a batch that TorchServe answered as OK."""
+
+    def __init__(self, status: status_pb2.Status):
+        super().__init__(status.message)
+        self._code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.INTERNAL)
+        self._details = status.message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def decode_prediction(data: bytes) -> Prediction:
+    """A handler's answer: a Prediction, or a google.rpc.Status raised as PredictionError."""
+    try:
+        prediction = Prediction.FromString(data)
+        if prediction.prediction_id:
+            return prediction
+    except DecodeError:
+        pass
+    raise PredictionError(status_pb2.Status.FromString(data))
+
+
+def read_keys(key_file: str | Path) -> dict:
+    """{"inference": ..., "management": ..., "API": ...} from TorchServe's key file."""
+    data = json.loads(Path(key_file).read_text())
+    return {kind: data[kind]["key"] for kind in ("inference", "management", "API")}
+
+
+class TorchServeClient:
+    def __init__(
+        self, target: Target = Target(), model: str = settings.MODEL_NAME, timeout: float = settings.CALL_TIMEOUT_S
+    ):
+        self.target, self.model, self.timeout = target, model, timeout
+        self._channel = grpc.insecure_channel(target.inference, options=CHANNEL_OPTIONS)
+        self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
+        self._management_channel = grpc.insecure_channel(target.management)
+        self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
+        self._keys: dict = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._channel.close()
+        self._management_channel.close()
+
+    def __enter__(self) -> "TorchServeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _key(self, kind: str) -> str:
+        with self._lock:
+            if kind not in self._keys:
+                self._keys = read_keys(self.target.key_file)
+            return self._keys[kind]
+
+    def _renew(self, kind: str, refused: str) -> None:
+        """A fresh key of this kind: the key file's, if TorchServe has rotated it, else a new one."""
+        with self._lock:
+            keys = read_keys(self.target.key_file)
+            if keys[kind] == refused:
+                request = urllib.request.Request(
+                    f"{self.target.management_url}/token?type={kind}",
+                    method="GET",
+                    headers={"Authorization": f"Bearer {keys['API']}"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    answer.read()
+                keys = read_keys(self.target.key_file)
+            self._keys = keys
+
+    def _call(self, method, request, kind: str):
+        key = self._key(kind)
+        try:
+            return method(request, metadata=[("authorization", f"Bearer {key}")], timeout=self.timeout)
+        except grpc.RpcError as e:
+            if e.code() not in REFUSED:
+                raise
+            try:
+                self._renew(kind, key)
+            except (urllib.error.URLError, OSError, KeyError, ValueError):
+                raise e from None  # no fresh key to be had (a copied key file, no management port): the refusal
+        return method(request, metadata=[("authorization", f"Bearer {self._key(kind)}")], timeout=self.timeout)
+
+    def predictions(
+        self, inputs: dict[str, bytes], model: str | None = None, version: str = ""
+    ) -> inference_pb2.PredictionResponse:
+        """TorchServe's Predictions call with these inputs, as they are; its answer undecoded."""
+        request = inference_pb2.PredictionsRequest(model_name=model or self.model, model_version=version, input=inputs)
+        return self._call(self._inference.Predictions, request, "inference")
+
+    def predict(
+        self,
+        image: bytes,
+        top_k: int = 5,
+        attention: np.ndarray | None = None,
+        model: str | None = None,
+        version: str = "",
+    ) -> Prediction:
+        """Classify an encoded image; attention (h x w in [0, 1], any size) replaces the model's map."""
+        inputs = {"data": image, "top_k": str(top_k).encode()}
+        if attention is not None:
+            inputs["attention"] = wire.map_to_proto(attention).SerializeToString()
+        return decode_prediction(self.predictions(inputs, model, version).prediction)
+
+    def ping(self) -> bool:
+        """True when TorchServe answers its health check as healthy."""
+        try:
+            return "Healthy" in self._call(self._inference.Ping, empty_pb2.Empty(), "inference").health
+        except NOT_UP:
+            return False
+
+    def describe(self, model: str | None = None, version: str = "") -> list[dict]:
+        request = management_pb2.DescribeModelRequest(model_name=model or self.model, model_version=version)
+        return json.loads(self._call(self._management.DescribeModel, request, "management").msg)
+
+    def register(self, archive: str, workers: int = 1) -> str:
+        """Load an archive of the model store as a new version; returns TorchServe's message."""
+        request = management_pb2.RegisterModelRequest(url=archive, initial_workers=workers, synchronous=True)
+        return self._call(self._management.RegisterModel, request, "management").msg
+
+    def set_default(self, model: str, version: str) -> str:
+        request = management_pb2.SetDefaultRequest(model_name=model, model_version=version)
+        return self._call(self._management.SetDefault, request, "management").msg
+
+    def model_ready(self, model: str | None = None) -> bool:
+        try:
+            return any(w.get("status") == "READY" for d in self.describe(model) for w in d.get("workers", []))
+        except NOT_UP:
+            return False
