@@ -29,15 +29,6 @@ class Correction:
     label: str  # a class of the model
 
 
-@dataclass
-class Candidate:
-    model: ABN
-    served: ABN  # the parent, unchanged, for comparison
-    meta: dict  # the parent's metadata
-    history: list[dict]
-    figures: dict  # {"served" | "candidate": {"held_out": evaluate(...), "check_feedback": evaluate(...)}}
-
-
 def correction_set(corrections: list[Correction], meta: dict) -> TensorSet:
     size = tuple(meta["input_size"])
     images = torch.stack([image_tensor(open_image(c.image), size) for c in corrections])
@@ -66,22 +57,21 @@ def own_data(meta: dict) -> tuple[TensorSet | None, TensorSet | None]:
     return train, val
 
 
-def build(
-    parent: bytes,
-    tune: list[Correction],
-    check: list[Correction],
-    cfg: knowledge.TuneConfig,
-    figure: Path | None = None,
-) -> Candidate:
-    """Fine-tune the parent checkpoint (bytes) on tune; score it and the parent on check and the model's own
-    validation split; draw the maps of both on check's first images into figure."""
+def tune(parent: bytes, corrections: list[Correction], cfg: knowledge.TuneConfig) -> tuple[ABN, list[dict]]:
+    """The parent checkpoint (bytes) fine-tuned on the corrections (plus its own training data, when known);
+    and the per-epoch losses."""
     model, meta = checkpoint.load(parent)
-    served, _ = checkpoint.load(parent)
-    own_train, own_val = own_data(meta)
-    tune_set: Dataset = correction_set(tune, meta)
-    history = knowledge.fine_tune(
-        model, ConcatDataset([tune_set] + ([own_train] if own_train else [])), meta["mean"], meta["std"], cfg
-    )
+    own_train, _ = own_data(meta)
+    training: Dataset = ConcatDataset([correction_set(corrections, meta)] + ([own_train] if own_train else []))
+    return model, knowledge.fine_tune(model, training, meta["mean"], meta["std"], cfg)
+
+
+def score(parent: bytes, candidate: ABN, check: list[Correction], figure: Path | None = None) -> dict:
+    """Candidate and parent on the same held-out data: {"served" | "candidate": {"held_out": ...,
+    "check_feedback": ...}} (finetune.evaluate's figures) on check plus the model's own validation split, and
+    on check alone; their maps on check's first images drawn into figure."""
+    served, meta = checkpoint.load(parent)
+    _, own_val = own_data(meta)
     check_set = correction_set(check, meta)
     held_out: ConcatDataset = ConcatDataset([check_set] + ([own_val] if own_val else []))
     figures = {
@@ -89,11 +79,11 @@ def build(
             "held_out": evaluate(m, held_out, meta["mean"], meta["std"]),
             "check_feedback": evaluate(m, check_set, meta["mean"], meta["std"]),
         }
-        for name, m in (("served", served), ("candidate", model))
+        for name, m in (("served", served), ("candidate", candidate))
     }
     if figure is not None:
-        _figure(served, model, check_set, meta, figure)
-    return Candidate(model, served, meta, history, figures)
+        _figure(served, candidate, check_set, meta, figure)
+    return figures
 
 
 def _figure(before: ABN, after: ABN, check_set: TensorSet, meta: dict, path: Path, count: int = 6) -> None:

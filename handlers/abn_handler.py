@@ -87,6 +87,11 @@ class ABNHandler(BaseHandler):
             )
         return batch
 
+    def explain_handle(self, data_preprocess: requests.Batch, raw_data: list[dict]) -> list[bytes]:
+        """An ABN's explanation is its attention map, which every prediction carries: TorchServe's
+        explanations endpoint answers as its predictions endpoint does."""
+        return self.postprocess(self.inference(data_preprocess))
+
     @timed
     def postprocess(self, batch: requests.Batch) -> list[bytes]:
         answers, outputs = [], iter(zip(batch.probabilities, batch.maps))

@@ -93,10 +93,21 @@ class Client:
         return self.torchserve.model_ready(model)
 
     def submit_feedback(
-        self, image: bytes, attention: np.ndarray, prediction: Prediction | None = None, **fields
+        self,
+        image: bytes,
+        attention: np.ndarray,
+        prediction: Prediction | None = None,
+        label: str = "",
+        author: str = "",
+        idempotency_key: str | None = None,
+        model_name: str = "",
+        model_version: str = "",
+        predicted_label: str = "",
     ) -> feedback_pb2.SubmitFeedbackResponse:
         """A corrected map for an image (serving.feedback.client.FeedbackClient.submit)."""
-        return self.feedback.submit(image, attention, prediction, **fields)
+        return self.feedback.submit(
+            image, attention, prediction, label, author, idempotency_key, model_name, model_version, predicted_label
+        )
 
     def get_feedback(self, feedback_id: str) -> feedback_pb2.Feedback:
         return self.feedback.get(feedback_id)

@@ -112,13 +112,12 @@ class Retrain:
         check, tune = [items[i] for i in order[:n_check]], [items[i] for i in order[n_check:]]
 
         self.step("finetune")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        built = candidate.build(
-            parent, _corrections(tune), _corrections(check), self.cfg.tune, self.folder / "report.png"
-        )
+        model, history = candidate.tune(parent, _corrections(tune), self.cfg.tune)
+
         self.step("evaluate")
-        figures = built.figures
-        self.report.update(figures=figures, history=built.history, feedback_used=len(tune), feedback_checked=len(check))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        figures = candidate.score(parent, model, _corrections(check), self.folder / "report.png")
+        self.report.update(figures=figures, history=history, feedback_used=len(tune), feedback_checked=len(check))
         drop = figures["served"]["held_out"]["accuracy"] - figures["candidate"]["held_out"]["accuracy"]
         if drop > self.cfg.max_drop:
             self.report["outcome"] = "refused"
@@ -136,7 +135,7 @@ class Retrain:
                 "finetuned_on": {"feedback": len(tune), "run": self.id, "config": asdict(self.cfg.tune)},
             },
         )
-        checkpoint.save(self.folder / "checkpoint.pt", built.model, new_meta)
+        checkpoint.save(self.folder / "checkpoint.pt", model, new_meta)
         # served as version N is: same backend, batching and workers
         mar = archive.build(
             self.folder / "checkpoint.pt",

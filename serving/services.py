@@ -108,14 +108,19 @@ def feedback(cfg: FeedbackConfig) -> None:
 
 
 def _demo_archive(cfg: UpConfig) -> Path:
-    """The archive to serve: the one promoted last, else the demo model's, trained and archived if need be."""
+    """The archive to serve: the one promoted last, else the demo model's, trained and archived if need be;
+    built again if it does not carry its code (an archive of an earlier version of the product)."""
     train.train(train.TrainConfig(out=cfg.model_out, resume=True, epochs=cfg.epochs))
     ckpt = Path(cfg.model_out) / "checkpoint.pt"
     meta = checkpoint.read_metadata(ckpt)
     mar = cfg.serve.model_store / archive.archive_name(meta["name"], meta["version"])
     if not mar.exists() or mar.stat().st_mtime < ckpt.stat().st_mtime:
         archive.build(ckpt, cfg.serve.model_store)
-    return ServedRecord(cfg.serve.model_store, meta["name"]).archive() or mar
+    served = ServedRecord(cfg.serve.model_store, meta["name"]).archive() or mar
+    if not archive.carries_code(served):
+        print(f"{served} does not carry the code its handler runs: building it again", flush=True)
+        served = archive.rebuild(served)
+    return served
 
 
 def up(cfg: UpConfig) -> None:

@@ -92,16 +92,21 @@ def test_health_and_statuses_follow_a_postgres_outage_and_a_resent_correction_is
         store.close()
 
 
-def test_the_client_retries_while_the_service_is_unavailable_and_stores_once(outage_server):
+def test_the_client_retries_while_the_service_is_unavailable_and_stores_once(outage_server, caplog):
     store = open_store(outage_server.url)
     service = FeedbackServer(store, "127.0.0.1:0", probe_interval=PROBE_S)
     try:
         outage_server.stop()
         with FeedbackClient(f"127.0.0.1:{service.port}", retries=3) as client:
             started = time.monotonic()
-            with pytest.raises(grpc.RpcError) as e:
-                client.submit(png(1), np.ones((4, 4), np.float32), idempotency_key="k")
+            with caplog.at_level(logging.WARNING, logger="serving.feedback.server"):
+                with pytest.raises(grpc.RpcError) as e:
+                    client.submit(png(1), np.ones((4, 4), np.float32), idempotency_key="k")
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            attempts = [
+                r for r in caplog.records if r.getMessage().startswith("/abn.v1.FeedbackService/SubmitFeedback")
+            ]
+            assert len(attempts) == 3  # the service refused three tries of the one submission
             assert time.monotonic() - started >= 0.5 + 1.0  # it waited before each of its two retries
             outage_server.start()
             wait_for_health(service.port, health_pb2.HealthCheckResponse.SERVING, within=PROBE_S * 4 + 10)

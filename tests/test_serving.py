@@ -282,10 +282,29 @@ def test_an_archive_carries_the_product_code_its_handler_runs(served, tmp_path):
     assert result.returncode == 0, result.stderr
     for path in result.stdout.split():
         assert Path(path).resolve().is_relative_to((tmp_path / "model").resolve()), path
-    # in TorchServe: the worker says where its product code came from, the model's folder, not this checkout
+    # in TorchServe: the worker says where its product code came from: an archive as TorchServe unpacked it
+    # (its manifest beside the code), neither this checkout nor an installed copy
     log = (served["cfg"].workdir / "logs" / "model_log.log").read_text()
-    origins = re.findall(r"product code from (\S+)", log)
-    assert origins and all(Path(o) != protos.REPO for o in origins), origins
+    origins = [Path(o) for o in re.findall(r"product code from (\S+)", log)]
+    assert origins and all((o / "MAR-INF" / "MANIFEST.json").is_file() for o in origins), origins
+
+
+def test_an_archive_of_an_earlier_version_without_its_code_is_built_again(served, tmp_path):
+    """What `abn up` does with an archive made before archives carried their code: the same model, name,
+    version and settings, with this version's code."""
+    original = served["cfg"].model_store / "abn_torch.v1.mar"
+    old = tmp_path / "abn_torch.v1.mar"
+    with zipfile.ZipFile(original) as source, zipfile.ZipFile(old, "w") as target:
+        for entry in source.infolist():
+            if not entry.filename.startswith(("finetune/", "handlers/")):
+                target.writestr(entry, source.read(entry))
+    assert archive.carries_code(original) and not archive.carries_code(old)
+    rebuilt = archive.rebuild(old)
+    assert rebuilt == old and archive.carries_code(rebuilt)
+    assert archive.settings_of(rebuilt) == archive.settings_of(original)
+    assert archive.checkpoint_of(rebuilt) == archive.checkpoint_of(original)
+    with zipfile.ZipFile(rebuilt) as z:
+        assert json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["modelName"] == "abn_torch"
 
 
 def test_the_handler_keeps_torchserves_metrics(served):

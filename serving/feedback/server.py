@@ -46,19 +46,21 @@ STATUSES: list[tuple[tuple[type[Exception], ...], grpc.StatusCode, str | None]] 
 ]
 
 
-def _wrap(handler: grpc.RpcMethodHandler | None, unary: Callable, stream: Callable) -> grpc.RpcMethodHandler | None:
-    """handler with its behaviour passed through unary(behaviour) or stream(behaviour), by its kind. Every call
-    of this service has a unary request; others (reflection's) pass unchanged."""
-    if handler is None:
-        return None
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-        )
+# The four kinds of handler, each with the function that makes one and whether it streams its responses.
+_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, wrapper: Callable[[Callable, bool], Callable]) -> grpc.RpcMethodHandler:
+    """handler with its behaviour replaced by wrapper(behaviour, streams_responses), whatever its kind."""
+    for kind, make, streams in _KINDS:
+        behaviour = getattr(handler, kind)
+        if behaviour:
+            return make(wrapper(behaviour, streams), handler.request_deserializer, handler.response_serializer)
     return handler
 
 
@@ -70,6 +72,9 @@ class TokenAuth(grpc.ServerInterceptor):
     def __init__(self, token: str):
         self.expected = f"Bearer {token}".encode()
 
+    def _refuse(self, request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, self.MESSAGE)
+
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if details.method.startswith(OPEN_METHODS):
@@ -77,30 +82,20 @@ class TokenAuth(grpc.ServerInterceptor):
         sent = dict(details.invocation_metadata).get("authorization", "")
         if secrets.compare_digest(sent.encode(), self.expected):
             return handler
-
-        def refuse(behaviour):
-            def refused(request, context):
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, self.MESSAGE)
-
-            return refused
-
-        return _wrap(handler, refuse, refuse)
+        if handler is None:  # no such method: the caller learns nothing of what exists
+            return grpc.unary_unary_rpc_method_handler(self._refuse)
+        return _wrap(handler, lambda behaviour, streams: self._refuse)
 
 
 class ErrorStatus(grpc.ServerInterceptor):
     """Maps what a call raises to a status (STATUSES); anything else is INTERNAL, logged here with an incident
-    id that the caller's message names, and no detail of it reaches the caller. on_outage runs when the store
-    is unavailable."""
-
-    def __init__(self, on_outage: Callable[[], None] = lambda: None):
-        self.on_outage = on_outage
+    id that the caller's message names, and no detail of it reaches the caller."""
 
     def _abort(self, context, method: str, error: Exception):
         for types, code, message in STATUSES:
             if isinstance(error, types):
                 if code == grpc.StatusCode.UNAVAILABLE:
                     logger.warning("%s: %s", method, error)
-                    self.on_outage()
                 context.abort(code, message or str(error))
         incident = uuid.uuid4().hex[:12]
         logger.error("%s: internal error, incident %s", method, incident, exc_info=error)
@@ -109,9 +104,12 @@ class ErrorStatus(grpc.ServerInterceptor):
         )
 
     def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None:
+            return None
         method = details.method
 
-        def unary(behaviour):
+        def wrapper(behaviour: Callable, streams: bool) -> Callable:
             def call(request, context):
                 try:
                     return behaviour(request, context)
@@ -120,10 +118,7 @@ class ErrorStatus(grpc.ServerInterceptor):
                         raise
                     self._abort(context, method, e)
 
-            return call
-
-        def stream(behaviour):
-            def call(request, context) -> Iterator:
+            def stream(request, context) -> Iterator:
                 try:
                     yield from behaviour(request, context)
                 except Exception as e:
@@ -131,9 +126,9 @@ class ErrorStatus(grpc.ServerInterceptor):
                         raise
                     self._abort(context, method, e)
 
-            return call
+            return stream if streams else call
 
-        return _wrap(continuation(details), unary, stream)
+        return _wrap(handler, wrapper)
 
 
 def _aborted(context) -> bool:
@@ -143,8 +138,8 @@ def _aborted(context) -> bool:
 
 
 class StoreHealth:
-    """Keeps the health service in step with the store: it probes the store every interval seconds, and at
-    once when a call finds it unavailable."""
+    """Keeps the health service in step with the store: it probes the store every interval seconds (one
+    thread, the only one that sets the status)."""
 
     def __init__(self, store: FeedbackStore, servicer: health.HealthServicer, interval: float):
         self.store, self.servicer, self.interval = store, servicer, interval
@@ -152,24 +147,24 @@ class StoreHealth:
         self._serving: bool | None = None
         self._thread = threading.Thread(target=self._run, name="store-health", daemon=True)
 
-    def set(self, serving: bool) -> None:
+    def _set(self, serving: bool) -> None:
         if serving != self._serving:
-            self._serving = serving
+            changed, self._serving = self._serving is not None, serving
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", SERVICE):
                 self.servicer.set(name, status)
-            if serving:
-                logger.info("feedback store reachable: SERVING")
-            else:
+            if not serving:
                 logger.warning("feedback store unreachable: NOT_SERVING")
+            elif changed:
+                logger.info("feedback store reachable again: SERVING")
 
     def probe(self) -> None:
         try:
             self.store.ping()
-            self.set(True)
+            self._set(True)
         except Exception as e:  # any failure to answer means the service cannot serve
             logger.warning("feedback store probe: %s", e)
-            self.set(False)
+            self._set(False)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -181,6 +176,8 @@ class StoreHealth:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()  # a probe in flight ends before the store closes
 
 
 class FeedbackServer:
@@ -204,7 +201,7 @@ class FeedbackServer:
         health_servicer = health.HealthServicer()
         self.health = StoreHealth(store, health_servicer, probe_interval)
         interceptors: list[grpc.ServerInterceptor] = [TokenAuth(token)] if token else []
-        interceptors.append(ErrorStatus(on_outage=lambda: self.health.set(False)))
+        interceptors.append(ErrorStatus())
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers), options=options, interceptors=interceptors
         )

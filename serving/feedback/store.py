@@ -145,7 +145,7 @@ class _SQLStore(FeedbackStore):
     )
     _PAGE = 200  # items() reads this many rows per query
 
-    _OUTAGES: tuple[type[Exception], ...] = ()  # the database's errors that mean it cannot serve now
+    _PING: str  # the cheapest statement that needs the database
 
     def __init__(self):
         self._local = threading.local()
@@ -175,10 +175,16 @@ class _SQLStore(FeedbackStore):
         """The database's outage errors as StoreUnavailable; every connection is replaced after one."""
         try:
             yield
-        except self._OUTAGES as e:
+        except Exception as e:
+            if not self._is_outage(e):
+                raise
             with self._lock:
                 self._generation += 1
             raise StoreUnavailable(f"{self.where} is unavailable: {self._reason(e)}") from e
+
+    @abstractmethod
+    def _is_outage(self, e: Exception) -> bool:
+        """True for the database's errors that mean it cannot serve now (not our own mistakes)."""
 
     def _reason(self, e: Exception) -> str:
         return (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -189,11 +195,19 @@ class _SQLStore(FeedbackStore):
 
     @contextmanager
     def _transaction(self):
-        with self._outage_is_unavailable(), self._begin():
-            yield
+        with self._outage_is_unavailable():
+            self._db()  # the connection the whole transaction runs on (_db keeps it until the end)
+            self._local.in_transaction = True
+            try:
+                with self._begin():
+                    yield
+            finally:
+                self._local.in_transaction = False
 
     def _db(self):
         db = getattr(self._local, "db", None)
+        if db is not None and getattr(self._local, "in_transaction", False):
+            return db  # a transaction runs on one connection to its end, whatever happens elsewhere
         # psycopg marks a connection the server dropped closed; after an outage, every connection is suspect
         if db is None or getattr(db, "closed", False) or self._local.generation != self._generation:
             generation = self._generation
@@ -209,7 +223,7 @@ class _SQLStore(FeedbackStore):
         return db
 
     def ping(self) -> None:
-        self._execute("SELECT 1").fetchone()
+        self._execute(self._PING).fetchone()
 
     def submit(self, item: Item) -> tuple[str, bool]:
         return self.restore(dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None))
@@ -345,7 +359,15 @@ class _SQLStore(FeedbackStore):
 
 
 class SQLiteStore(_SQLStore):
-    _OUTAGES = (sqlite3.OperationalError,)  # locked past the timeout, disk I/O error, disk full, cannot open
+    # Result codes (the low byte of extended ones) of a database that cannot serve now: busy or locked past the
+    # timeout, out of memory, read-only, I/O error, disk full, cannot open. Others (no such table, a syntax
+    # error) are our own mistakes.
+    _OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14})
+    _PING = "SELECT COUNT(*) FROM sqlite_master"  # reads the file, unlike SELECT 1
+
+    def _is_outage(self, e: Exception) -> bool:
+        code = getattr(e, "sqlite_errorcode", None)
+        return isinstance(e, sqlite3.OperationalError) and code is not None and code & 0xFF in self._OUTAGE_CODES
 
     def __init__(self, path: str | Path):
         super().__init__()
@@ -406,7 +428,11 @@ class PostgresStore(_SQLStore):
     """The store in a PostgreSQL database: postgresql://user:password@host:port/database. Connecting and
     each statement are bounded in time (settings), unless the URL sets connect_timeout or options."""
 
-    _OUTAGES = (psycopg.OperationalError,)  # the server gone or refusing, a connection dropped, a statement timed out
+    _PING = "SELECT 1"
+
+    def _is_outage(self, e: Exception) -> bool:
+        # the server gone or refusing, a connection dropped, a statement timed out, out of disk or memory
+        return isinstance(e, psycopg.OperationalError)
 
     def __init__(self, url: str):
         super().__init__()

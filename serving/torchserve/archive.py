@@ -10,6 +10,7 @@ behaving as it was checked, after the product is upgraded or rolled back.
 It is written to <model store>/<name>.v<version>.mar.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,24 @@ def settings_of(archive: str | Path) -> ArchiveConfig:
         workers=config["minWorkers"],
         threads=config["abn"].get("threads"),
     )
+
+
+def carries_code(archive: str | Path) -> bool:
+    """Whether an archive carries the product code its handler runs (archives built before it did do not)."""
+    with zipfile.ZipFile(archive) as z:
+        return "handlers/abn_handler.py" in z.namelist()
+
+
+def rebuild(archive: str | Path) -> Path:
+    """Build an archive again in its folder, from its own checkpoint, name and settings, with this version's
+    code: the upgrade of an archive that does not carry its code."""
+    archive = Path(archive)
+    with zipfile.ZipFile(archive) as z:
+        name = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["modelName"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "checkpoint.pt"
+        ckpt.write_bytes(checkpoint_of(archive))
+        return build(ckpt, archive.parent, settings_of(archive), name)
 
 
 def checkpoint_of(archive: str | Path) -> bytes:
