@@ -37,8 +37,9 @@ def open_image(source: bytes | str | Path, what: str = "image") -> Image.Image:
         raise
     except UnidentifiedImageError as e:
         raise ImageError(f"{name} cannot be decoded: not in an image format Pillow reads") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{name} cannot be decoded: {e}") from e
+    except Exception as e:  # whatever a decoder raises on these bytes (e.g. NotImplementedError for a DDS
+        # variant it cannot read) is the bytes' fault
+        raise ImageError(f"{name} cannot be decoded: {str(e)[:200] or type(e).__name__}") from e
     return img
 
 

@@ -37,6 +37,7 @@ from finetune.images import ImageError, normalize
 from handlers import backends, requests, wire
 
 logger = logging.getLogger(__name__)
+INTERNAL_MESSAGE = "internal error while reading this request; the handler's log (model_log.log) has it"
 
 
 class ABNHandler(BaseHandler):
@@ -66,13 +67,18 @@ class ABNHandler(BaseHandler):
     @timed
     def preprocess(self, data: list[dict]) -> requests.Batch:
         batch = requests.Batch([])
-        for request in data:
+        for request in data:  # each on its own: nothing one request holds can fail another
             try:
                 batch.requests.append(requests.parse(request, self.meta, self.max_image_bytes))
             except (ImageError, wire.WireError) as e:
-                batch.requests.append(str(e))
+                batch.requests.append(requests.Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
+            except Exception:
+                logger.exception("reading a request failed")
+                batch.requests.append(requests.Refusal(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE))
         if not batch.parsed:
-            raise PredictionException("; ".join(dict.fromkeys(str(r) for r in batch.requests)), 400)
+            refusals = [r for r in batch.requests if isinstance(r, requests.Refusal)]
+            code = 400 if any(r.code == grpc.StatusCode.INVALID_ARGUMENT for r in refusals) else 500
+            raise PredictionException("; ".join(dict.fromkeys(r.message for r in refusals)), code)
         if len(data) > 1:
             logger.info("batch of %d requests, %d refused", len(data), len(data) - len(batch.parsed))
         return batch
@@ -96,12 +102,9 @@ class ABNHandler(BaseHandler):
     def postprocess(self, batch: requests.Batch) -> list[bytes]:
         answers, outputs = [], iter(zip(batch.probabilities, batch.maps))
         for i, request in enumerate(batch.requests):
-            if isinstance(request, str):
-                answers.append(
-                    status_pb2.Status(
-                        code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=request
-                    ).SerializeToString()
-                )
+            if isinstance(request, requests.Refusal):
+                status = status_pb2.Status(code=request.code.value[0], message=request.message)
+                answers.append(status.SerializeToString())
                 continue
             probabilities, attention = next(outputs)
             pred = wire.prediction(

@@ -9,6 +9,7 @@ Inputs per request (TorchServe's PredictionsRequest.input, or REST form fields):
 
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 import torch
 
@@ -30,11 +31,19 @@ class Request:
 
 
 @dataclass
-class Batch:
-    """What one stage hands the next: every request of TorchServe's batch, in order, each parsed or refused
-    (the message), and the model's outputs for the parsed ones."""
+class Refusal:
+    """A request answered with a status instead of a prediction."""
 
-    requests: list[Request | str]
+    code: grpc.StatusCode
+    message: str
+
+
+@dataclass
+class Batch:
+    """What one stage hands the next: every request of TorchServe's batch, in order, each parsed or refused,
+    and the model's outputs for the parsed ones."""
+
+    requests: list[Request | Refusal]
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     maps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
 
@@ -65,9 +74,10 @@ def parse(request: dict, meta: dict, max_image_bytes: int = DEFAULT_MAX_IMAGE_BY
         given = torch.from_numpy(wire.parse_map(request["attention"]))
         attention, supplied = resize_map(given[None], (h, w)).numpy(), True
     top_k = _text(request.get("top_k"), str(DEFAULT_TOP_K))
-    if not top_k.isdigit() or not 1 <= int(top_k) <= len(meta["classes"]):
-        raise wire.WireError(f"top_k: must be a whole number from 1 to {len(meta['classes'])}, got {top_k!r}")
+    # ASCII digits only (str.isdigit is true for "²"), and few of them (int() of thousands of digits is slow)
+    if not (top_k.isascii() and top_k.isdigit() and len(top_k) <= 6 and 1 <= int(top_k) <= len(meta["classes"])):
+        raise wire.WireError(f"top_k: must be a whole number from 1 to {len(meta['classes'])}, got {top_k[:20]!r}")
     fmt = _text(request.get("format"), FORMATS[0])
     if fmt not in FORMATS:
-        raise wire.WireError(f"format: must be proto or json, got {fmt!r}")
+        raise wire.WireError(f"format: must be proto or json, got {fmt[:20]!r}")
     return Request(image, attention, supplied, int(top_k), fmt)

@@ -1,4 +1,4 @@
-"""Fixtures shared by the suites: a real, throwaway PostgreSQL server.
+"""What the suites share: a real, throwaway PostgreSQL server, and inputs that broke the services once.
 
 The session's server: $ABN_TEST_POSTGRES_URL when set (a fresh database is made in it per test, and dropped),
 else one started here from the server binaries (initdb, pg_ctl) in a temporary folder and removed afterwards;
@@ -9,6 +9,7 @@ its own PostgresServer.
 import glob
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import uuid
@@ -19,6 +20,13 @@ import psycopg
 import pytest
 
 from serving.torchserve.config import free_port
+
+
+def dds() -> bytes:
+    """A DDS file whose pixel format Pillow does not implement: it raises NotImplementedError on opening."""
+    header = b"DDS " + struct.pack("<IIIIIII", 124, 0x1007, 4, 4, 16, 0, 1) + bytes(44)
+    header += struct.pack("<II4sIIIII", 32, 0x4, b"DX10", 0, 0, 0, 0, 0) + struct.pack("<IIIII", 0x1000, 0, 0, 0, 0)
+    return header + struct.pack("<IIIII", 1, 3, 0, 1, 0) + bytes(16)
 
 
 def find_initdb() -> Path | None:

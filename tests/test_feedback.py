@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import dds
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -26,11 +27,11 @@ from serving import cli, settings
 from serving.client import Client
 from serving.feedback.client import FeedbackClient
 from serving.feedback.server import FeedbackServer, write_token
-from serving.feedback.store import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from serving.feedback.store import MIGRATIONS, SCHEMA_VERSION, Item, SQLiteStore
 from serving.feedback.transfer import export_folder
 from serving.torchserve.config import free_port
 
-CLASSES = {"abn": [str(d) for d in range(10)]}
+CLASSES = {"abn": [str(d) for d in range(10)], "other": [str(d) for d in range(10)]}
 
 
 def png(seed: int, size=(32, 32)) -> bytes:
@@ -103,6 +104,10 @@ def test_a_retry_with_the_same_key_stores_nothing_new(service):
     with pytest.raises(grpc.RpcError) as e:
         client.submit_feedback(png(2), a_map(), idempotency_key="same")
     assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS and "different image" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:  # the same image with another label: not a retry either
+        client.submit_feedback(png(1), a_map(), idempotency_key="same", label="7", model_name="abn")
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS and "different label, model_name" in e.value.details()
+    assert store.stats()["total"] == 1
 
 
 def test_images_are_stored_once(service):
@@ -140,6 +145,13 @@ def test_sixteen_threads_lose_nothing(service):
         (dict(attention=wire.map_to_proto(np.ones((4, 8)))), "INVALID_ARGUMENT", "aspect ratio"),
         (dict(label="cat", model_name="abn"), "INVALID_ARGUMENT", "label: 'cat' is not a class of model 'abn'"),
         (dict(author="x" * 300), "INVALID_ARGUMENT", "author: longer than 256"),
+        (dict(author="ana\x00"), "INVALID_ARGUMENT", "author: control characters are not accepted"),
+        (dict(label="../x"), "INVALID_ARGUMENT", "label: '../x' is not a plain name"),
+        (dict(label="/abs/path"), "INVALID_ARGUMENT", "label: '/abs/path' is not a plain name"),
+        (dict(predicted_label=".."), "INVALID_ARGUMENT", "predicted_label: '..' is not a plain name"),
+        (dict(model_name="a\\b"), "INVALID_ARGUMENT", "model_name: 'a\\\\b' is not a plain name"),
+        (dict(model_name="elsewhere"), "INVALID_ARGUMENT", "model_name: 'elsewhere' is not a model this service"),
+        (dict(image=dds()), "INVALID_ARGUMENT", "image cannot be decoded"),
     ],
 )
 def test_bad_input_is_rejected_and_nothing_is_written(service, change, code, message):
@@ -187,9 +199,9 @@ def test_the_message_limit_is_the_services_and_the_clients_one_setting(service):
     assert service["store"].stats()["total"] == 0
 
 
-def test_unknown_model_labels_are_not_checked_and_get_of_unknown_id(service):
+def test_labels_without_a_model_are_not_checked_and_get_of_unknown_id(service):
     client = service["client"]
-    assert client.submit_feedback(png(1), a_map(), label="cat", model_name="elsewhere").created
+    assert client.submit_feedback(png(1), a_map(), label="cat").created
     with pytest.raises(grpc.RpcError) as e:
         client.get_feedback("nope")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -236,6 +248,18 @@ def test_export_writes_the_format_train_reads(service, tmp_path):
     assert summary["written"] == 2 and summary["skipped_without_class"] == 1
     folder = ImageFolder(tmp_path / "out" / "images", (32, 32), tmp_path / "out" / "maps")
     assert folder.classes == ["3", "5"] and folder.map_count == 2
+
+
+def test_export_never_writes_outside_its_folder(tmp_path):
+    """Corrections stored before names were checked (here: written into the store directly) are left out."""
+    store = SQLiteStore(tmp_path / "feedback.db")
+    for label in ("../escaped", "/abs/escaped", "ok"):
+        store.submit(Item(image=png(1), attention=a_map(), label=label))
+    summary = export_folder(store, tmp_path / "a" / "out")
+    store.close()
+    assert summary["written"] == 1 and summary["refused_unsafe_class"] == 2
+    assert sorted(p.name for p in (tmp_path / "a" / "out" / "images").iterdir()) == ["ok"]
+    assert not (tmp_path / "a" / "out" / "escaped").exists() and not Path("/abs").exists()
 
 
 def test_feedback_commands(service, tmp_path, capsys):

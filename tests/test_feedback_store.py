@@ -109,13 +109,20 @@ def test_items_reads_page_after_page_in_order(store, monkeypatch):
     assert store.stats()["by_state"] == {"consumed": 8}
 
 
-def test_a_retry_returns_the_same_id_and_a_reused_key_with_another_image_is_refused(store):
-    first = store.submit(an_item(1, idempotency_key="same"))
-    again = store.submit(an_item(1, idempotency_key="same", label="changed"))
+def test_a_retry_returns_the_same_id_and_a_reused_key_with_any_other_payload_is_refused(store):
+    first = store.submit(an_item(1, idempotency_key="same", label="3", author="ana"))
+    again = store.submit(an_item(1, idempotency_key="same", label="3", author="ana"))
     assert first[1] and again == (first[0], False)
-    with pytest.raises(ConflictError, match="different image"):
-        store.submit(an_item(2, idempotency_key="same"))
+    other_map = an_item(1, idempotency_key="same", label="3", author="ana")
+    other_map.attention[0, 0] = 1 - other_map.attention[0, 0]
+    for changed, field in ((an_item(2, idempotency_key="same", label="3", author="ana"), "image"),
+                           (an_item(1, idempotency_key="same", label="4", author="ana"), "label"),
+                           (an_item(1, idempotency_key="same", label="3", author="bo"), "author"),
+                           (other_map, "attention")):  # fmt: skip
+        with pytest.raises(ConflictError, match=f"with a different {field}"):
+            store.submit(changed)
     assert count(store, "feedback") == 1 and count(store, "images") == 1  # the refused image is not kept
+    assert store.get(first[0]).label == "3" and np.array_equal(store.get(first[0]).attention, an_item(1).attention)
 
 
 def test_images_are_stored_once(store):
@@ -260,7 +267,8 @@ def test_copy_store_keeps_ids_state_images_and_maps_and_a_second_copy_skips_all(
         assert a == b
     assert [item.consumed_by for item in copied] == ["run-1", "run-1", None, None, None]
     assert count(target, "images") == 3 and target.stats() == source.stats()
-    assert target.submit(an_item(1, idempotency_key="k1")) == (first[1], False)  # its keys came along
+    retry = an_item(1, label="1", model_name="abn", model_version="1", idempotency_key="k1")
+    assert target.submit(retry) == (first[1], False)  # its keys came along
 
     source.submit(an_item(9))  # one more since, as if the first copy had been interrupted,
     source.mark_consumed(first[2:4], "run-2")  # and a retraining run consumed two meanwhile
@@ -354,3 +362,16 @@ def test_the_feedback_service_runs_on_postgres_by_changing_one_variable(tmp_path
     check = open_store(postgres_url)
     assert check.stats()["total"] == 1 and check.get(answer.id).idempotency_key == "pg-1"
     check.close()
+
+
+def test_a_sqlite_store_is_readable_by_its_owner_only(tmp_path):
+    store = SQLiteStore(tmp_path / "feedback.db")
+    store.submit(an_item(1))
+    files = [tmp_path / name for name in ("feedback.db", "feedback.db-wal", "feedback.db-shm")]
+    assert [oct(p.stat().st_mode & 0o777) for p in files] == ["0o600"] * 3
+    store.close()
+    for p in files:  # as an earlier version left them
+        if p.exists():
+            p.chmod(0o644)
+    SQLiteStore(tmp_path / "feedback.db").close()
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in files if p.exists())

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from conftest import dds
 from PIL import Image
 
 from finetune import checkpoint, decoy_digits, onnx_export
@@ -27,7 +28,7 @@ from serving import protos
 from serving.client import Client
 from serving.torchserve import archive
 from serving.torchserve.archive import ArchiveConfig
-from serving.torchserve.client import read_keys
+from serving.torchserve.client import decode_prediction, read_keys
 from serving.torchserve.config import ServeConfig, free_port
 from serving.torchserve.process import TorchServe
 
@@ -167,6 +168,9 @@ def huge_png() -> bytes:
         ({"data": GOOD, "attention": b"\x08\x04\x10\x04\x1a\x04\x00\x00\x00\x00"}, "4x4 map needs 16 values, got 1"),
         ({"data": GOOD, "top_k": b"0"}, "top_k: must be a whole number from 1 to 10"),
         ({"data": GOOD, "format": b"xml"}, "format: must be proto or json"),
+        ({"data": GOOD, "top_k": "²".encode()}, "top_k: must be a whole number from 1 to 10"),
+        ({"data": GOOD, "top_k": b"9" * 5000}, "top_k: must be a whole number from 1 to 10"),
+        ({"data": dds()}, "data: image cannot be decoded"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(served, inputs, message):
@@ -180,13 +184,20 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(served, input
 
 
 def test_a_bad_request_batched_with_good_ones(served):
+    """Whatever a request holds, the others of its batch are answered as if it were not there."""
     client = served["client"]
-    images = sample_images(8)
-    jobs = [(im, None) for im in images] + [(b"not an image", "cannot be decoded")] * 4
+    jobs = [({"data": im}, None) for im in sample_images(8)]
+    bad = [
+        ({"data": b"not an image"}, "cannot be decoded"),
+        ({"data": dds()}, "cannot be decoded"),
+        ({"data": sample_images(1)[0], "top_k": "²".encode()}, "top_k: must be a whole number"),
+        ({"data": sample_images(1)[0], "top_k": b"9" * 5000}, "top_k: must be a whole number"),
+    ]
+    jobs += bad * 2
 
     def send(job):
         try:
-            return client.predict(job[0])
+            return decode_prediction(client.torchserve.predictions(job[0]).prediction)
         except grpc.RpcError as e:
             return e
 
@@ -209,6 +220,7 @@ def test_json_answer_for_rest_users(served):
 
 def test_a_call_without_the_token_is_refused(served):
     cfg = served["cfg"]
+    assert oct(cfg.workdir.stat().st_mode & 0o777) == "0o700"  # the keys' folder is its owner's only
     with grpc.insecure_channel(cfg.target.inference) as channel:
         stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         request = inference_pb2.PredictionsRequest(model_name="abn", input={"data": sample_images(1)[0]})

@@ -5,6 +5,7 @@ maps them, in one place (bad input -> INVALID_ARGUMENT, and so on).
 Everything is validated before anything is written.
 """
 
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from finetune.images import ImageError, check_aspect, open_image
 from handlers import wire
 from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
 from serving import settings
-from serving.feedback.store import FeedbackStore, Item
+from serving.feedback.store import FeedbackStore, Item, is_plain_name
 
 SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+TEXT_FIELDS = ("label", "predicted_label", "prediction_id", "model_name", "model_version", "author", "idempotency_key")
 
 
 class NotFoundError(LookupError):
@@ -58,17 +60,20 @@ def known_classes(checkpoints: list[str] | list[Path]) -> dict[str, list[str]]:
 def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]]) -> Item:
     """The item to store, or wire.WireError naming the field. classes: model name -> its class names, for the
     models whose labels are checked."""
-    for name in (
-        "label",
-        "predicted_label",
-        "prediction_id",
-        "model_name",
-        "model_version",
-        "author",
-        "idempotency_key",
-    ):
-        if len(getattr(r, name)) > settings.MAX_TEXT:
+    for name in TEXT_FIELDS:
+        value = getattr(r, name)
+        if len(value) > settings.MAX_TEXT:
             raise wire.WireError(f"{name}: longer than {settings.MAX_TEXT} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise wire.WireError(f"{name}: control characters are not accepted")
+    for name in ("label", "predicted_label", "model_name"):  # they become folder names when exported
+        if not is_plain_name(getattr(r, name)):
+            raise wire.WireError(f"{name}: {getattr(r, name)[:40]!r} is not a plain name (no / or \\, not . or ..)")
+    if classes and r.model_name and r.model_name not in classes:
+        raise wire.WireError(
+            f"model_name: {r.model_name[:40]!r} is not a model this service knows ({', '.join(classes)}); "
+            "leave it empty for another model"
+        )
     try:
         image = open_image(r.image, "image")
     except ImageError as e:

@@ -15,10 +15,12 @@ replaced on next use, so the store recovers by itself when the database does.
 
 import dataclasses
 import hashlib
+import os
 import re
 import sqlite3
 import threading
 import time
+import unicodedata
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -92,6 +94,11 @@ class Item:
     consumed_by: str | None = None
 
 
+def is_plain_name(value: str) -> bool:
+    """A class or model name that is also a safe folder name: no separators, no control characters, not . or .."""
+    return value not in (".", "..") and not any(c in "/\\" or unicodedata.category(c) == "Cc" for c in value)
+
+
 class FeedbackStore(ABC):
     @abstractmethod
     def submit(self, item: Item) -> tuple[str, bool]:
@@ -127,6 +134,15 @@ class FeedbackStore(ABC):
         submit answers, and (item.id, False) when that id is stored already."""
 
 
+# How a conflict names the columns of _PAYLOAD: by the request's fields.
+_FIELD_NAMES = {"image_sha256": "image", "map_height": "attention", "map_width": "attention", "map_values": "attention"}
+
+
+def _plain(value):
+    """A column's value as Python compares it: PostgreSQL's BYTEA arrives as memoryview."""
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
 def _check_version(version: int, where: str) -> None:
     if version > SCHEMA_VERSION:
         raise RuntimeError(
@@ -144,6 +160,9 @@ class _SQLStore(FeedbackStore):
         "f.prediction_id, f.model_name, f.model_version, f.author, f.created, f.consumed_by"
     )
     _PAGE = 200  # items() reads this many rows per query
+    # The columns a submission's idempotency key vouches for: a retry must send the same.
+    _PAYLOAD = ("image_sha256", "map_height", "map_width", "map_values", "label", "predicted_label", "prediction_id",
+                "model_name", "model_version", "author")  # fmt: skip
 
     _PING: str  # the cheapest statement that needs the database
 
@@ -232,42 +251,33 @@ class _SQLStore(FeedbackStore):
         sha = hashlib.sha256(item.image).hexdigest()
         values = np.ascontiguousarray(item.attention, dtype="<f4")
         key = item.idempotency_key or None
+        # what a retry must repeat exactly, in the order of _PAYLOAD
+        payload = (sha, values.shape[0], values.shape[1], values.tobytes(), item.label, item.predicted_label,
+                   item.prediction_id, item.model_name, item.model_version, item.author)  # fmt: skip
         with self._transaction():
             self._execute("INSERT INTO images (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", (sha, item.image))
             # DO NOTHING when the key (or id) is taken, rather than an error: with PostgreSQL, a concurrent
             # submission with the same key waits here for the first to commit, then the lookup below finds it.
             inserted = self._execute(
-                "INSERT INTO feedback (id, idempotency_key, image_sha256, map_height, map_width, map_values, label,"
-                " predicted_label, prediction_id, model_name, model_version, author, created, consumed_by)"
+                f"INSERT INTO feedback (id, idempotency_key, {', '.join(self._PAYLOAD)}, created, consumed_by)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                (
-                    item.id,
-                    key,
-                    sha,
-                    values.shape[0],
-                    values.shape[1],
-                    values.tobytes(),
-                    item.label,
-                    item.predicted_label,
-                    item.prediction_id,
-                    item.model_name,
-                    item.model_version,
-                    item.author,
-                    item.created,
-                    item.consumed_by,
-                ),
+                (item.id, key, *payload, item.created, item.consumed_by),
             ).fetchall()
             if inserted:
                 return item.id, True
             stored = (
                 key
-                and self._execute("SELECT id, image_sha256 FROM feedback WHERE idempotency_key = ?", (key,)).fetchone()
+                and self._execute(
+                    f"SELECT id, {', '.join(self._PAYLOAD)} FROM feedback WHERE idempotency_key = ?", (key,)
+                ).fetchone()
             )
             if not stored:  # it is the id that is taken: this very item is stored already
                 return item.id, False
-            if stored[1] != sha:  # raised inside the transaction, so the image inserted above goes too
+            differ = [name for name, old, new in zip(self._PAYLOAD, stored[1:], payload) if _plain(old) != new]
+            if differ:  # raised inside the transaction, so the image inserted above goes too
+                fields = ", ".join(_FIELD_NAMES.get(name, name) for name in dict.fromkeys(differ))
                 raise ConflictError(
-                    f"idempotency_key {key!r} was used for another submission ({stored[0]}) with a different image"
+                    f"idempotency_key {key!r} was used for another submission ({stored[0]}) with a different {fields}"
                 )
             return stored[0], False
 
@@ -373,7 +383,16 @@ class SQLiteStore(_SQLStore):
         super().__init__()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner_only()
         self._migrate()
+
+    def _owner_only(self) -> None:
+        """The database (images, authors) readable by its owner only: created so, and tightened if it is not.
+        SQLite gives its -wal and -shm files the database file's permissions."""
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDONLY, 0o600))
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if path.exists() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from serving.feedback.store import ConflictError, FeedbackStore, SQLiteStore, open_store
+from serving.feedback.store import ConflictError, FeedbackStore, SQLiteStore, is_plain_name, open_store
 
 
 def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
@@ -42,13 +42,18 @@ def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
 def export_folder(store: FeedbackStore, out: str | Path, consumed: bool | None = None, model_name: str = "") -> dict:
     """Write items as an image folder plus a maps folder, the format `abn train` and `abn finetune` read:
     out/images/<class>/<id>.<ext> (the bytes as submitted) and out/maps/<class>/<id>.png. The class is the
-    corrected label, else the predicted one; items with neither are left out and counted."""
+    corrected label, else the predicted one; items with neither are left out and counted, and so are items
+    whose class is no plain folder name (a store written before the service checked names), so that nothing
+    is written outside out."""
     out = Path(out)
-    written, skipped = 0, 0
+    written, skipped, unsafe = 0, 0, 0
     for item in store.items(consumed=consumed, model_name=model_name):
         cls = item.label or item.predicted_label
         if not cls:
             skipped += 1
+            continue
+        if not is_plain_name(cls) or not (out / "images" / cls).resolve().is_relative_to(out.resolve()):
+            unsafe += 1
             continue
         ext = (Image.open(io.BytesIO(item.image)).format or "png").lower()
         for folder in ("images", "maps"):
@@ -56,7 +61,7 @@ def export_folder(store: FeedbackStore, out: str | Path, consumed: bool | None =
         (out / "images" / cls / f"{item.id}.{ext}").write_bytes(item.image)
         Image.fromarray((item.attention * 255).round().astype(np.uint8)).save(out / "maps" / cls / f"{item.id}.png")
         written += 1
-    return {"out": str(out), "written": written, "skipped_without_class": skipped}
+    return {"out": str(out), "written": written, "skipped_without_class": skipped, "refused_unsafe_class": unsafe}
 
 
 def backup(store_url: str, out: str | Path) -> None:

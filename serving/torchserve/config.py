@@ -82,6 +82,7 @@ def free_port() -> int:
 
 def write_config(cfg: ServeConfig) -> Path:
     cfg.workdir.mkdir(parents=True, exist_ok=True)
+    cfg.workdir.chmod(0o700)  # it holds TorchServe's keys
     store = cfg.model_store.resolve()
     lines = {
         "inference_address": f"http://{cfg.host}:{cfg.http_inference_port}",
