@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
@@ -40,6 +40,24 @@ def open_image(source: bytes | str | Path, what: str = "image") -> Image.Image:
     except Exception as e:  # whatever a decoder raises on these bytes (e.g. NotImplementedError for a DDS
         # variant it cannot read) is the bytes' fault
         raise ImageError(f"{name} cannot be decoded: {str(e)[:200] or type(e).__name__}") from e
+    return _upright_8bit(img, name)
+
+
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+CONVERTIBLE = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+
+
+def _upright_8bit(img: Image.Image, name: str) -> Image.Image:
+    """The image as a person sees it (EXIF orientation applied), in a mode that converts to RGB and L without
+    loss of meaning: 16-bit grey scaled to 8 bits; modes whose range is unknown (32-bit integers or floats) or
+    that do not convert (LAB, HSV) refused."""
+    if img.getexif().get(0x0112, 1) != 1:  # the Orientation tag
+        img = ImageOps.exif_transpose(img)
+    if img.mode in SIXTEEN_BIT:
+        return Image.fromarray((np.asarray(img, dtype=np.uint32) // 257).astype(np.uint8))
+    if img.mode not in CONVERTIBLE:
+        raise ImageError(f"{name} has mode {img.mode}, which has no agreed range of values or does not convert to "
+                         "RGB: send an 8- or 16-bit image (RGB, grayscale, palette, CMYK)")  # fmt: skip
     return img
 
 

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ from PIL import Image
 
 from finetune import data, decoy_digits
 from finetune.data import DataConfig, DataError, ImageFolder
+from finetune.images import ImageError, open_image
 
 
 def corner_patches(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -202,3 +205,29 @@ def test_builtin_load_has_test_and_decoy_only():
     assert sorted(clean.evals) == ["test"] and clean.source["decoy"] is None
     big = data.load(DataConfig(), (64, 64))
     assert big.train[0]["image"].shape == (3, 64, 64) and big.train[0]["map"].shape == (1, 64, 64)
+
+
+def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_images_are_read_as_a_person_sees_them():
+    # a 20x10 photo taken sideways: its EXIF orientation (6) says to turn it a quarter clockwise for display
+    sideways = np.zeros((10, 20, 3), np.uint8)
+    sideways[:, :10] = (255, 0, 0)  # left half red
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    upright = open_image(encoded(Image.fromarray(sideways), "PNG", exif=exif.tobytes()))
+    assert upright.size == (10, 20)  # now taller than wide
+    pixels = np.asarray(upright.convert("RGB"))
+    assert pixels[2, 5, 0] > 200 and pixels[-3, 5, 0] < 50  # the red half is on top
+    # 16-bit grey keeps its range, scaled to 8 bits (a plain conversion would clip it to white)
+    deep = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    grey = np.asarray(open_image(encoded(Image.fromarray(deep), "PNG")).convert("L"))
+    assert grey.max() == deep.max() // 257 and grey.min() == 0
+    # float pixels have no agreed range: refused, saying so, rather than read as almost black
+    floats = Image.fromarray(np.random.default_rng(0).random((8, 8), dtype=np.float32))
+    with pytest.raises(ImageError, match="has mode F"):
+        open_image(encoded(floats, "TIFF"))

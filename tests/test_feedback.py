@@ -205,6 +205,18 @@ def test_labels_without_a_model_are_not_checked_and_get_of_unknown_id(service):
     with pytest.raises(grpc.RpcError) as e:
         client.get_feedback("nope")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:  # an echoed value stays short: 100 KB would overflow the trailers
+        client.get_feedback("x" * 100_000)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and len(e.value.details()) < 200
+
+
+def test_an_invalid_since_is_the_callers_mistake(service):
+    stub = feedback_pb2_grpc.FeedbackServiceStub(grpc.insecure_channel(f"127.0.0.1:{service['port']}"))
+    request = feedback_pb2.ListFeedbackRequest()
+    request.since.seconds = 10**15
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.ListFeedback(request, metadata=[("authorization", f"Bearer {service['token']}")], timeout=10))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("since:")
 
 
 def test_a_call_without_the_token_is_refused_but_health_and_reflection_answer(service):

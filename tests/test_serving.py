@@ -24,7 +24,7 @@ from finetune.images import image_tensor, normalize, open_image, resize_map
 from finetune.model import create_model
 from handlers import wire
 from handlers.stubs.torchserve import inference_pb2, inference_pb2_grpc
-from serving import protos
+from serving import protos, settings
 from serving.client import Client
 from serving.torchserve import archive
 from serving.torchserve.archive import ArchiveConfig
@@ -143,6 +143,12 @@ def raw_predict(client: Client, inputs: dict, model: str = "abn"):
 GOOD = b"<the sample image>"
 
 
+def float_tiff() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).random((32, 32), dtype=np.float32)).save(buf, "TIFF")
+    return buf.getvalue()
+
+
 def huge_png() -> bytes:
     buf = io.BytesIO()
     Image.new("L", (8200, 8200)).save(buf, "PNG")  # 67 megapixels in a few kilobytes
@@ -171,6 +177,7 @@ def huge_png() -> bytes:
         ({"data": GOOD, "top_k": "²".encode()}, "top_k: must be a whole number from 1 to 10"),
         ({"data": GOOD, "top_k": b"9" * 5000}, "top_k: must be a whole number from 1 to 10"),
         ({"data": dds()}, "data: image cannot be decoded"),
+        ({"data": float_tiff()}, "data: image has mode F"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(served, inputs, message):
@@ -209,6 +216,24 @@ def test_a_bad_request_batched_with_good_ones(served):
         else:
             assert isinstance(result, grpc.RpcError) and result.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert failure in result.details()
+
+
+def test_a_request_above_torchserves_limit(served):
+    """The client refuses to send it; sent anyway over a raw channel, TorchServe drops it; it serves on."""
+    client, cfg = served["client"], served["cfg"]
+    big = b"\x00" * (settings.TORCHSERVE_MAX_MESSAGE_BYTES + 1024)
+    with pytest.raises(grpc.RpcError) as e:
+        client.predict(big)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    key = read_keys(cfg.key_file)["inference"]
+    with grpc.insecure_channel(cfg.target.inference, options=[("grpc.max_send_message_length", -1)]) as raw:
+        stub = inference_pb2_grpc.InferenceAPIsServiceStub(raw)
+        request = inference_pb2.PredictionsRequest(model_name="abn", input={"data": big})
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predictions(request, metadata=[("authorization", f"Bearer {key}")], timeout=60)
+    print(f"TorchServe answers a request above its limit with {e.value.code().name}: {e.value.details()}")
+    assert e.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert client.predict(sample_images(1)[0]).scores
 
 
 def test_json_answer_for_rest_users(served):

@@ -115,12 +115,15 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
     def GetFeedback(self, request, context):
         item = self.store.get(request.id) if request.id else None
         if item is None:
-            raise NotFoundError(f"id: no feedback {request.id!r}")
+            raise NotFoundError(f"id: no feedback {request.id[:64]!r}")  # an echo stays short
         return feedback_pb2.GetFeedbackResponse(feedback=_message(item))
 
     def ListFeedback(self, request, context) -> Iterator[feedback_pb2.ListFeedbackResponse]:
         consumed = {feedback_pb2.FEEDBACK_STATE_PENDING: False, feedback_pb2.FEEDBACK_STATE_CONSUMED: True}
-        since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
+        try:
+            since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
+        except ValueError as e:
+            raise wire.WireError(f"since: {e}") from None
         for item in self.store.items(
             since, consumed.get(request.state), request.model_name, with_data=not request.metadata_only
         ):
