@@ -6,6 +6,7 @@ is a grayscale picture, white = attend, black = not; it becomes 1 x h x w in [0,
 """
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
-# Largest image accepted, in pixels: above it decoding alone can exhaust memory.
-MAX_PIXELS = 64 * 1024 * 1024
+# Largest image accepted, in pixels, checked from the header before anything is decoded: a 48-megapixel photo
+# (8000x6000) passes; decoding one takes about 150 MB.
+MAX_PIXELS = 50_000_000
+# Decodes at once in one process (the feedback service decodes in many threads): bounds its memory.
+MAX_CONCURRENT_DECODES = 4
+_decoding = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
 
 class ImageError(ValueError):
@@ -32,7 +37,8 @@ def open_image(source: bytes | str | Path, what: str = "image") -> Image.Image:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"{name} is {img.width}x{img.height}, above the limit of {MAX_PIXELS} pixels")
-        img.load()
+        with _decoding:
+            img.load()
     except ImageError:
         raise
     except UnidentifiedImageError as e:

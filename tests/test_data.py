@@ -231,3 +231,9 @@ def test_images_are_read_as_a_person_sees_them():
     floats = Image.fromarray(np.random.default_rng(0).random((8, 8), dtype=np.float32))
     with pytest.raises(ImageError, match="has mode F"):
         open_image(encoded(floats, "TIFF"))
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header():
+    big = encoded(Image.new("L", (8000, 8000)), "PNG")  # 64 megapixels in a few kilobytes
+    with pytest.raises(ImageError, match="is 8000x8000, above the limit of 50000000 pixels"):
+        open_image(big)

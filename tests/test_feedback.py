@@ -151,6 +151,7 @@ def test_sixteen_threads_lose_nothing(service):
         (dict(predicted_label=".."), "INVALID_ARGUMENT", "predicted_label: '..' is not a plain name"),
         (dict(model_name="a\\b"), "INVALID_ARGUMENT", "model_name: 'a\\\\b' is not a plain name"),
         (dict(model_name="elsewhere"), "INVALID_ARGUMENT", "model_name: 'elsewhere' is not a model this service"),
+        (dict(model_version="v2; drop"), "INVALID_ARGUMENT", "model_version: 'v2; drop' is not a version"),
         (dict(image=dds()), "INVALID_ARGUMENT", "image cannot be decoded"),
     ],
 )

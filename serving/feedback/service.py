@@ -5,6 +5,7 @@ maps them, in one place (bad input -> INVALID_ARGUMENT, and so on).
 Everything is validated before anything is written.
 """
 
+import re
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from serving import settings
 from serving.feedback.store import FeedbackStore, Item, is_plain_name
 
 SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
 TEXT_FIELDS = ("label", "predicted_label", "prediction_id", "model_name", "model_version", "author", "idempotency_key")
 
 
@@ -69,6 +71,10 @@ def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]
     for name in ("label", "predicted_label", "model_name"):  # they become folder names when exported
         if not is_plain_name(getattr(r, name)):
             raise wire.WireError(f"{name}: {getattr(r, name)[:40]!r} is not a plain name (no / or \\, not . or ..)")
+    if r.model_version and not VERSION.fullmatch(r.model_version):
+        raise wire.WireError(
+            f"model_version: {r.model_version[:40]!r} is not a version as TorchServe names them (1, 2, 1.5)"
+        )
     if classes and r.model_name and r.model_name not in classes:
         raise wire.WireError(
             f"model_name: {r.model_name[:40]!r} is not a model this service knows ({', '.join(classes)}); "
