@@ -16,6 +16,7 @@ replaced on next use, so the store recovers by itself when the database does.
 import dataclasses
 import hashlib
 import os
+import queue
 import re
 import sqlite3
 import threading
@@ -23,7 +24,8 @@ import time
 import unicodedata
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,38 +250,42 @@ class _SQLStore(FeedbackStore):
         return self.restore(dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None))
 
     def restore(self, item: Item) -> tuple[str, bool]:
+        with self._transaction():  # a conflict raised inside rolls back the image inserted too
+            return self._write(item)
+
+    def _write(self, item: Item) -> tuple[str, bool]:
+        """The statements of restore, inside a transaction the caller holds."""
         sha = hashlib.sha256(item.image).hexdigest()
         values = np.ascontiguousarray(item.attention, dtype="<f4")
         key = item.idempotency_key or None
         # what a retry must repeat exactly, in the order of _PAYLOAD
         payload = (sha, values.shape[0], values.shape[1], values.tobytes(), item.label, item.predicted_label,
                    item.prediction_id, item.model_name, item.model_version, item.author)  # fmt: skip
-        with self._transaction():
-            self._execute("INSERT INTO images (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", (sha, item.image))
-            # DO NOTHING when the key (or id) is taken, rather than an error: with PostgreSQL, a concurrent
-            # submission with the same key waits here for the first to commit, then the lookup below finds it.
-            inserted = self._execute(
-                f"INSERT INTO feedback (id, idempotency_key, {', '.join(self._PAYLOAD)}, created, consumed_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                (item.id, key, *payload, item.created, item.consumed_by),
-            ).fetchall()
-            if inserted:
-                return item.id, True
-            stored = (
-                key
-                and self._execute(
-                    f"SELECT id, {', '.join(self._PAYLOAD)} FROM feedback WHERE idempotency_key = ?", (key,)
-                ).fetchone()
+        self._execute("INSERT INTO images (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", (sha, item.image))
+        # DO NOTHING when the key (or id) is taken, rather than an error: with PostgreSQL, a concurrent
+        # submission with the same key waits here for the first to commit, then the lookup below finds it.
+        inserted = self._execute(
+            f"INSERT INTO feedback (id, idempotency_key, {', '.join(self._PAYLOAD)}, created, consumed_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            (item.id, key, *payload, item.created, item.consumed_by),
+        ).fetchall()
+        if inserted:
+            return item.id, True
+        stored = (
+            key
+            and self._execute(
+                f"SELECT id, {', '.join(self._PAYLOAD)} FROM feedback WHERE idempotency_key = ?", (key,)
+            ).fetchone()
+        )
+        if not stored:  # it is the id that is taken: this very item is stored already
+            return item.id, False
+        differ = [name for name, old, new in zip(self._PAYLOAD, stored[1:], payload) if _plain(old) != new]
+        if differ:
+            fields = ", ".join(_FIELD_NAMES.get(name, name) for name in dict.fromkeys(differ))
+            raise ConflictError(
+                f"idempotency_key {key!r} was used for another submission ({stored[0]}) with a different {fields}"
             )
-            if not stored:  # it is the id that is taken: this very item is stored already
-                return item.id, False
-            differ = [name for name, old, new in zip(self._PAYLOAD, stored[1:], payload) if _plain(old) != new]
-            if differ:  # raised inside the transaction, so the image inserted above goes too
-                fields = ", ".join(_FIELD_NAMES.get(name, name) for name in dict.fromkeys(differ))
-                raise ConflictError(
-                    f"idempotency_key {key!r} was used for another submission ({stored[0]}) with a different {fields}"
-                )
-            return stored[0], False
+        return stored[0], False
 
     def _item(self, row: tuple, data: tuple | None) -> Item:
         (fid, key, sha, h, w, label, predicted, pid, model, version, author, created, consumed) = row
@@ -368,6 +374,51 @@ class _SQLStore(FeedbackStore):
         self._local = threading.local()
 
 
+class GroupCommit:
+    """One thread that writes what other threads submit, as many at a time as are waiting (at most batch):
+    write_many(items) returns one answer or exception per item, after its transaction committed; an exception
+    of write_many itself (an outage) answers every item of the group."""
+
+    def __init__(self, write_many: Callable[[list[Item]], list], batch: int = 64):
+        self.write_many, self.batch = write_many, batch
+        self._queue: queue.Queue[tuple[Item, Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Item) -> tuple[str, bool]:
+        if not self._thread.is_alive():
+            raise StoreUnavailable("the feedback store is closed")
+        done: Future = Future()
+        self._queue.put((item, done))
+        return done.result()
+
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group = [first]
+            while len(group) < self.batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:  # closing: answer what was taken, then stop
+                    self._queue.put(None)
+                    break
+                group.append(more)
+            try:
+                answers = self.write_many([item for item, _ in group])
+            except Exception as e:
+                answers = [e] * len(group)
+            for (_, done), answer in zip(group, answers):
+                if isinstance(answer, Exception):
+                    done.set_exception(answer)
+                else:
+                    done.set_result(answer)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
 class SQLiteStore(_SQLStore):
     # Result codes (the low byte of extended ones) of a database that cannot serve now: busy or locked past the
     # timeout, out of memory, read-only, I/O error, disk full, cannot open. Others (no such table, a syntax
@@ -385,6 +436,34 @@ class SQLiteStore(_SQLStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._owner_only()
         self._migrate()
+        self._writer = GroupCommit(self._write_many)
+
+    def submit(self, item: Item) -> tuple[str, bool]:
+        """As the other stores do, but every submission goes through one writer, which commits all that wait
+        in one transaction (one fsync): SQLite has one writer at a time anyway, and taking turns for its lock
+        costs more than the writes."""
+        return self._writer.submit(
+            dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None)
+        )
+
+    def _write_many(self, items: list[Item]) -> list[tuple[str, bool] | Exception]:
+        """Each item written in a savepoint of one transaction: a conflict undoes its own item only. The answers
+        count once the transaction has committed."""
+        answers: list[tuple[str, bool] | Exception] = []
+        with self._transaction():
+            for item in items:
+                self._execute("SAVEPOINT item")
+                try:
+                    answers.append(self._write(item))
+                except ConflictError as e:
+                    self._execute("ROLLBACK TO item")
+                    answers.append(e)
+                self._execute("RELEASE item")
+        return answers
+
+    def close(self) -> None:
+        self._writer.close()
+        super().close()
 
     def _owner_only(self) -> None:
         """The database (images, authors) readable by its owner only: created so, and tightened if it is not.
