@@ -10,7 +10,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import PostgresServer
+from conftest import postgres_or_skip
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -54,7 +54,7 @@ def wait_for_health(port: int, status: int, within: float) -> float:
 
 @pytest.fixture
 def outage_server():
-    server = PostgresServer()
+    server = postgres_or_skip()
     yield server
     server.remove()
 
