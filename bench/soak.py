@@ -164,12 +164,18 @@ def main() -> None:
     mar = archive.build(ckpt, out / "store", archive.ArchiveConfig(batch_size=8, max_batch_delay=5), name="abn")
     postgres = PostgresServer()
     feedback_port = free_port()
-    feedback = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "feedback", "serve", "--store", postgres.url, "--address",
-         f"127.0.0.1:{feedback_port}", "--token-file", str(out / "token")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    print(feedback.stdout.readline().decode().strip())
+    log = out / "feedback.log"  # a file, not a pipe: a full pipe would stop the service mid-run
+    with open(log, "wb") as sink:
+        feedback = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "feedback", "serve", "--store", postgres.url, "--address",
+             f"127.0.0.1:{feedback_port}", "--token-file", str(out / "token")],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    while "feedback service on" not in log.read_text():
+        if feedback.poll() is not None:
+            raise RuntimeError(f"the feedback service exited:\n{log.read_text()}")
+        time.sleep(0.2)
+    print(log.read_text().strip())
     cfg = ServeConfig.on_free_ports(out / "serve", out / "store", {"abn": mar.name})
     try:
         with TorchServe(cfg) as server:
@@ -212,7 +218,7 @@ def main() -> None:
             client.close()
     finally:
         feedback.terminate()
-        feedback.wait(30)
+        feedback.wait(60)  # calls in flight may take their grace period
 
     store = open_store(postgres.url)
     stored = collections.Counter(item.idempotency_key for item in store.items(with_data=False))
