@@ -37,16 +37,16 @@ def open_image(source: bytes | str | Path, what: str = "image") -> Image.Image:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"{name} is {img.width}x{img.height}, above the limit of {MAX_PIXELS} pixels")
-        with _decoding:
+        with _decoding:  # the decode and the copies made from it
             img.load()
+            return _upright_8bit(img, name)
     except ImageError:
         raise
     except UnidentifiedImageError as e:
         raise ImageError(f"{name} cannot be decoded: not in an image format Pillow reads") from e
     except Exception as e:  # whatever a decoder raises on these bytes (e.g. NotImplementedError for a DDS
-        # variant it cannot read) is the bytes' fault
+        # variant it cannot read, SyntaxError for broken EXIF) is the bytes' fault
         raise ImageError(f"{name} cannot be decoded: {str(e)[:200] or type(e).__name__}") from e
-    return _upright_8bit(img, name)
 
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")

@@ -4,11 +4,12 @@ TorchServe's BaseHandler.handle runs the stages and records HandlerTime;
 each stage is @timed (a ts_handler_<stage> metric; the archive turns this on).
 The whole batch runs through the model at once. A bad request is answered
 with a message naming the problem (see handlers.requests for the inputs).
-When no request of the batch can be used, the batch fails with status 400,
-which reaches gRPC callers as INVALID_ARGUMENT. TorchServe 0.12 sends a gRPC
-answer per request only as OK, so a bad request batched with good ones gets,
-instead of a Prediction, a serialized google.rpc.Status (code
-INVALID_ARGUMENT), which the product's client raises.
+A batch of one bad request fails with status 400 (500 for our own fault),
+which reaches gRPC callers as INVALID_ARGUMENT (INTERNAL). TorchServe 0.12
+sends a gRPC answer per request of a larger batch only as OK, so a bad
+request batched with others gets, instead of a Prediction, a serialized
+google.rpc.Status with its own code and message, which the product's client
+raises.
 
 The archive carries the product code this handler imports (finetune/ and
 handlers/, beside this file in the model's folder, which TorchServe puts
@@ -75,10 +76,9 @@ class ABNHandler(BaseHandler):
             except Exception:
                 logger.exception("reading a request failed")
                 batch.requests.append(requests.Refusal(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE))
-        if not batch.parsed:
-            refusals = [r for r in batch.requests if isinstance(r, requests.Refusal)]
-            code = 400 if any(r.code == grpc.StatusCode.INVALID_ARGUMENT for r in refusals) else 500
-            raise PredictionException("; ".join(dict.fromkeys(r.message for r in refusals)), code)
+        refusal = batch.requests[0]
+        if len(data) == 1 and isinstance(refusal, requests.Refusal):  # the call fails with its own status
+            raise PredictionException(refusal.message, 400 if refusal.code == grpc.StatusCode.INVALID_ARGUMENT else 500)
         if len(data) > 1:
             logger.info("batch of %d requests, %d refused", len(data), len(data) - len(batch.parsed))
         return batch
@@ -86,6 +86,8 @@ class ABNHandler(BaseHandler):
     @timed
     def inference(self, batch: requests.Batch) -> requests.Batch:
         parsed = batch.parsed
+        if not parsed:  # every request of the batch refused: each is answered with its own status
+            return batch
         images = normalize(torch.stack([r.image for r in parsed]), self.meta["mean"], self.meta["std"])
         with torch.inference_mode():
             batch.probabilities, batch.maps = self.backend.run(

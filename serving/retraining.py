@@ -70,7 +70,7 @@ class Retrain:
     def __init__(self, cfg: RetrainConfig):
         self.cfg = cfg
         self.workdir = Path(cfg.workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)  # corrections' images in its reports
         self.pending_path = self.workdir / "pending.json"
         self.id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.folder = self.workdir / self.id
@@ -203,7 +203,7 @@ class Retrain:
 def run_once(cfg: RetrainConfig) -> dict | None:
     """One run under the lock; None when another run holds it."""
     workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(workdir / "retrain.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -237,3 +237,9 @@ def test_an_image_above_the_pixel_limit_is_refused_from_its_header():
     big = encoded(Image.new("L", (8000, 8000)), "PNG")  # 64 megapixels in a few kilobytes
     with pytest.raises(ImageError, match="is 8000x8000, above the limit of 50000000 pixels"):
         open_image(big)
+
+
+def test_broken_exif_is_the_images_fault():
+    broken = encoded(Image.new("RGB", (8, 8)), "PNG", exif=b"Exif\x00\x00not a TIFF header")
+    with pytest.raises(ImageError, match="cannot be decoded: not a TIFF file"):
+        open_image(broken)

@@ -20,6 +20,7 @@ from serving.feedback.store import (
     Item,
     PostgresStore,
     SQLiteStore,
+    StoreUnavailable,
     display_url,
     open_store,
 )
@@ -305,6 +306,7 @@ def test_a_backup_taken_while_a_writer_runs_is_whole_and_restores(tmp_path, caps
     time.sleep(0.3)
     backup = tmp_path / "backup.db"
     assert cli.main(["feedback", "backup", "--store", str(tmp_path / "live.db"), "--out", str(backup)]) == 0
+    assert oct(backup.stat().st_mode & 0o777) == "0o600"  # a copy of every image and author
     stop.set()
     writer.join()
     assert cli.main(["feedback", "backup", "--store", str(tmp_path / "live.db"), "--out", str(backup)]) == 2
@@ -369,9 +371,35 @@ def test_a_sqlite_store_is_readable_by_its_owner_only(tmp_path):
     store.submit(an_item(1))
     files = [tmp_path / name for name in ("feedback.db", "feedback.db-wal", "feedback.db-shm")]
     assert [oct(p.stat().st_mode & 0o777) for p in files] == ["0o600"] * 3
-    store.close()
-    for p in files:  # as an earlier version left them
-        if p.exists():
-            p.chmod(0o644)
+    for p in files:  # as an earlier version left them, while open (so that -wal and -shm are there)
+        p.chmod(0o644)
     SQLiteStore(tmp_path / "feedback.db").close()
-    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in files if p.exists())
+    assert [oct(p.stat().st_mode & 0o777) for p in files] == ["0o600"] * 3
+    store.close()
+
+
+def test_one_bad_submission_fails_alone_among_those_written_with_it(tmp_path):
+    """SQLite's one writer commits many submissions in one transaction: a conflict, or an item the store
+    cannot write, fails that submission only, whichever others share its transaction."""
+    store = SQLiteStore(tmp_path / "feedback.db")
+    taken = store.submit(an_item(0, idempotency_key="taken"))[0]
+    malformed = an_item(98)
+    malformed.attention = np.ones(5, np.float32)  # one-dimensional: the store cannot write it
+    bad = {40: an_item(99, idempotency_key="taken"), 80: malformed}  # another image under a taken key
+    items = [bad.get(i) or an_item(i % 30 + 1, idempotency_key=f"g{i}") for i in range(120)]
+
+    def submit(item):
+        try:
+            return store.submit(item)
+        except Exception as e:
+            return e
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(submit, items))
+    assert isinstance(answers[40], ConflictError) and isinstance(answers[80], Exception)
+    good = [a for i, a in enumerate(answers) if i not in bad]
+    assert all(isinstance(a, tuple) and a[1] for a in good), [a for a in good if not isinstance(a, tuple)]
+    assert count(store, "feedback") == 119 and store.get(taken).idempotency_key == "taken"
+    store.close()
+    with pytest.raises(StoreUnavailable):  # after close, refused at once, never left waiting
+        store.submit(an_item(1))

@@ -43,7 +43,27 @@ def mangled(valid: bytes):
     )
 
 
-IMAGE_BYTES = st.one_of(st.binary(max_size=256), mangled(png()), mangled(dds()))
+def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def sideways_png() -> bytes:
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6  # turn a quarter for display
+    return encoded(Image.new("RGB", (12, 6)), "PNG", exif=exif.tobytes())
+
+
+# Valid files of the kinds that take other paths through the reader: 16-bit grey, float TIFF, EXIF orientation.
+SEEDS = [
+    png(),
+    dds(),
+    encoded(Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000), "PNG"),
+    encoded(Image.fromarray(np.ones((8, 8), np.float32)), "TIFF"),
+    sideways_png(),
+]
+IMAGE_BYTES = st.one_of(st.binary(max_size=256), *(mangled(seed) for seed in SEEDS))
 
 
 @given(IMAGE_BYTES)

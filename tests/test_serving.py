@@ -236,6 +236,24 @@ def test_a_request_above_torchserves_limit(served):
     assert client.predict(sample_images(1)[0]).scores
 
 
+def test_a_batch_of_bad_requests_answers_each_with_its_own_error(served):
+    client = served["client"]
+    jobs = [({"data": b"not an image"}, "cannot be decoded"), ({"data": dds()}, "cannot be decoded"),
+            ({"data": sample_images(1)[0], "top_k": b"0"}, "top_k: must be a whole number")] * 4  # fmt: skip
+
+    def send(job):
+        try:
+            decode_prediction(client.torchserve.predictions(job[0]).prediction)
+        except grpc.RpcError as e:
+            return e
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, jobs))
+    for (_, failure), error in zip(jobs, results):
+        assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert failure in error.details() and ";" not in error.details()  # its own message, no other caller's
+
+
 def test_json_answer_for_rest_users(served):
     answer = raw_predict(served["client"], {"data": sample_images(1)[0], "format": b"json", "top_k": b"2"})
     body = json.loads(answer.prediction)

@@ -377,19 +377,23 @@ class _SQLStore(FeedbackStore):
 class GroupCommit:
     """One thread that writes what other threads submit, as many at a time as are waiting (at most batch):
     write_many(items) returns one answer or exception per item, after its transaction committed; an exception
-    of write_many itself (an outage) answers every item of the group."""
+    of write_many itself (an outage) answers every item of the group. Every submission is answered, the
+    ones queued when close() is called included."""
 
     def __init__(self, write_many: Callable[[list[Item]], list], batch: int = 64):
         self.write_many, self.batch = write_many, batch
         self._queue: queue.Queue[tuple[Item, Future] | None] = queue.Queue()
+        self._lock = threading.Lock()  # a submission is queued before close()'s end mark, or refused
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
         self._thread.start()
 
     def submit(self, item: Item) -> tuple[str, bool]:
-        if not self._thread.is_alive():
-            raise StoreUnavailable("the feedback store is closed")
         done: Future = Future()
-        self._queue.put((item, done))
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the feedback store is closed")
+            self._queue.put((item, done))
         return done.result()
 
     def _run(self) -> None:
@@ -406,8 +410,8 @@ class GroupCommit:
                 group.append(more)
             try:
                 answers = self.write_many([item for item, _ in group])
-            except Exception as e:
-                answers = [e] * len(group)
+            except BaseException as e:  # the writer goes on: the next group may find the database back
+                answers = [_each(e) for _ in group]
             for (_, done), answer in zip(group, answers):
                 if isinstance(answer, Exception):
                     done.set_exception(answer)
@@ -415,8 +419,19 @@ class GroupCommit:
                     done.set_result(answer)
 
     def close(self) -> None:
-        self._queue.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         self._thread.join()
+
+
+def _each(error: BaseException) -> BaseException:
+    """An exception of its own for each thread that raises it (tracebacks grow on a shared one)."""
+    if isinstance(error, StoreUnavailable):
+        return StoreUnavailable(str(error))
+    return error
 
 
 class SQLiteStore(_SQLStore):
@@ -447,15 +462,18 @@ class SQLiteStore(_SQLStore):
         )
 
     def _write_many(self, items: list[Item]) -> list[tuple[str, bool] | Exception]:
-        """Each item written in a savepoint of one transaction: a conflict undoes its own item only. The answers
-        count once the transaction has committed."""
+        """Each item written in a savepoint of one transaction: what fails for one item (a conflict, a malformed
+        map) undoes that item only; an outage fails them all. The answers count once the transaction has
+        committed."""
         answers: list[tuple[str, bool] | Exception] = []
         with self._transaction():
             for item in items:
                 self._execute("SAVEPOINT item")
                 try:
                     answers.append(self._write(item))
-                except ConflictError as e:
+                except StoreUnavailable:
+                    raise
+                except Exception as e:
                     self._execute("ROLLBACK TO item")
                     answers.append(e)
                 self._execute("RELEASE item")
@@ -470,7 +488,7 @@ class SQLiteStore(_SQLStore):
         SQLite gives its -wal and -shm files the database file's permissions."""
         os.close(os.open(self.path, os.O_CREAT | os.O_RDONLY, 0o600))
         for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-            if path.exists() and path.stat().st_mode & 0o077:
+            if path.exists() and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
                 path.chmod(0o600)
 
     def _connect(self) -> sqlite3.Connection:
@@ -516,7 +534,8 @@ class SQLiteStore(_SQLStore):
 
     def backup(self, target: str | Path) -> None:
         """A consistent copy of the whole database into the file target, while the service goes on writing
-        (SQLite's online backup)."""
+        (SQLite's online backup), readable by its owner only."""
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
         with sqlite3.connect(target) as copy:
             self._db().backup(copy)
         copy.close()

@@ -46,6 +46,7 @@ def export_folder(store: FeedbackStore, out: str | Path, consumed: bool | None =
     whose class is no plain folder name (a store written before the service checked names), so that nothing
     is written outside out."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)  # the experts' images: their owner's only, when made here
     written, skipped, unsafe = 0, 0, 0
     for item in store.items(consumed=consumed, model_name=model_name):
         cls = item.label or item.predicted_label
