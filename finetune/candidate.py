@@ -37,31 +37,29 @@ def correction_set(corrections: list[Correction], meta: dict) -> TensorSet:
     return TensorSet(images, labels, maps)
 
 
-def own_data(meta: dict) -> tuple[TensorSet | None, TensorSet | None]:
-    """The model's training and validation splits, when it was trained on a built-in set."""
+def own_split(meta: dict, split: str) -> TensorSet | None:
+    """A split ("train", "val") of the model's own data, when it was trained on a built-in set."""
     source = meta["trained_on"]
     while "parent" in source:  # a fine-tuned model: its ancestor was trained on the data
         source = source["parent"]
     if source.get("data") not in data.BUILTIN:
-        return None, None
+        return None
     cfg = DataConfig(
         decoy=source.get("decoy") or "glyph",
         decoy_size=source.get("decoy_size"),
         clean=source.get("decoy") is None,
         data_seed=source.get("data_seed", 0),
     )
-    size = tuple(meta["input_size"])
-    train, val = (data.builtin_split(cfg, split, size) for split in ("train", "val"))
-    train.has_map[:] = False  # its object masks are not corrections
-    val.has_map[:] = False
-    return train, val
+    own = data.builtin_split(cfg, split, tuple(meta["input_size"]))
+    own.has_map[:] = False  # its object masks are not corrections
+    return own
 
 
 def tune(parent: bytes, corrections: list[Correction], cfg: knowledge.TuneConfig) -> tuple[ABN, list[dict]]:
     """The parent checkpoint (bytes) fine-tuned on the corrections (plus its own training data, when known);
     and the per-epoch losses."""
     model, meta = checkpoint.load(parent)
-    own_train, _ = own_data(meta)
+    own_train = own_split(meta, "train")
     training: Dataset = ConcatDataset([correction_set(corrections, meta)] + ([own_train] if own_train else []))
     return model, knowledge.fine_tune(model, training, meta["mean"], meta["std"], cfg)
 
@@ -71,7 +69,7 @@ def score(parent: bytes, candidate: ABN, check: list[Correction], figure: Path |
     "check_feedback": ...}} (finetune.evaluate's figures) on check plus the model's own validation split, and
     on check alone; their maps on check's first images drawn into figure."""
     served, meta = checkpoint.load(parent)
-    _, own_val = own_data(meta)
+    own_val = own_split(meta, "val")
     check_set = correction_set(check, meta)
     held_out: ConcatDataset = ConcatDataset([check_set] + ([own_val] if own_val else []))
     figures = {

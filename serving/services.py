@@ -107,9 +107,9 @@ def feedback(cfg: FeedbackConfig) -> None:
         stop_feedback(server, store)
 
 
-def _demo_archive(cfg: UpConfig) -> Path:
-    """The archive to serve: the one promoted last, else the demo model's, trained and archived if need be;
-    built again if it does not carry its code (an archive of an earlier version of the product)."""
+def _demo_archive(cfg: UpConfig) -> tuple[str, Path]:
+    """The model's name and the archive to serve: the one promoted last, else the demo model's, trained and
+    archived if need be; built again if it does not carry its code (an archive of an earlier version)."""
     train.train(train.TrainConfig(out=cfg.model_out, resume=True, epochs=cfg.epochs))
     ckpt = Path(cfg.model_out) / "checkpoint.pt"
     meta = checkpoint.read_metadata(ckpt)
@@ -120,13 +120,12 @@ def _demo_archive(cfg: UpConfig) -> Path:
     if not archive.carries_code(served):
         print(f"{served} does not carry the code its handler runs: building it again", flush=True)
         served = archive.rebuild(served)
-    return served
+    return meta["name"], served
 
 
 def up(cfg: UpConfig) -> None:
     check_listen(cfg.serve, cfg.feedback)
-    mar = _demo_archive(cfg)
-    name = checkpoint.read_metadata(Path(cfg.model_out) / "checkpoint.pt")["name"]
+    name, mar = _demo_archive(cfg)
     sample = decoy_digits.build("test").images[0, 0]
     Image.fromarray((sample.numpy() * 255).round().astype("uint8")).save(Path(settings.RUNS) / "sample.png")
     cfg.serve.models = {name: mar.name}

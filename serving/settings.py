@@ -51,6 +51,11 @@ FEEDBACK_RETRIES = 3  # attempts of a submission while the feedback service is u
 SHUTDOWN_GRACE_S = 30  # calls in flight may finish within this when a service stops
 
 
+def message_limits(limit: int) -> list[tuple[str, int]]:
+    """gRPC options (of a channel or a server) bounding messages both ways at limit bytes."""
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+
+
 def feedback_store() -> str:
     return os.environ.get(STORE_ENV) or FEEDBACK_STORE
 

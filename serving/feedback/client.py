@@ -19,10 +19,7 @@ from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
 from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", settings.FEEDBACK_MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", settings.FEEDBACK_MAX_MESSAGE_BYTES),
-]
+CHANNEL_OPTIONS = settings.message_limits(settings.FEEDBACK_MAX_MESSAGE_BYTES)
 
 
 class FeedbackClient:

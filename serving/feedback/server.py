@@ -92,6 +92,8 @@ class ErrorStatus(grpc.ServerInterceptor):
     id that the caller's message names, and no detail of it reaches the caller."""
 
     def _abort(self, context, method: str, error: Exception):
+        if _aborted(context):  # the call ended with a status already (context.abort raises to unwind)
+            raise error
         for types, code, message in STATUSES:
             if isinstance(error, types):
                 if code == grpc.StatusCode.UNAVAILABLE:
@@ -114,16 +116,12 @@ class ErrorStatus(grpc.ServerInterceptor):
                 try:
                     return behaviour(request, context)
                 except Exception as e:
-                    if _aborted(context):
-                        raise
                     self._abort(context, method, e)
 
             def stream(request, context) -> Iterator:
                 try:
                     yield from behaviour(request, context)
                 except Exception as e:
-                    if _aborted(context):
-                        raise
                     self._abort(context, method, e)
 
             return stream if streams else call
@@ -194,16 +192,14 @@ class FeedbackServer:
         workers: int = 16,
         probe_interval: float = settings.STORE_PROBE_INTERVAL_S,
     ):
-        options = [
-            ("grpc.max_receive_message_length", settings.FEEDBACK_MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", settings.FEEDBACK_MAX_MESSAGE_BYTES),
-        ]
         health_servicer = health.HealthServicer()
         self.health = StoreHealth(store, health_servicer, probe_interval)
         interceptors: list[grpc.ServerInterceptor] = [TokenAuth(token)] if token else []
         interceptors.append(ErrorStatus())
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers), options=options, interceptors=interceptors
+            futures.ThreadPoolExecutor(max_workers=workers),
+            options=settings.message_limits(settings.FEEDBACK_MAX_MESSAGE_BYTES),
+            interceptors=interceptors,
         )
         feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackService(store, classes), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)

@@ -21,6 +21,7 @@ from serving.feedback.store import FeedbackStore, Item, is_plain_name
 
 SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
 VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
+# The text fields a correction carries, named alike in the request, the stored Item and the Feedback message.
 TEXT_FIELDS = ("label", "predicted_label", "prediction_id", "model_name", "model_version", "author", "idempotency_key")
 
 
@@ -40,13 +41,7 @@ def _message(item: Item, with_data: bool = True) -> feedback_pb2.Feedback:
         image=item.image if with_data else b"",
         image_sha256=item.image_sha256,
         attention=wire.map_to_proto(item.attention) if with_data else None,
-        label=item.label,
-        predicted_label=item.predicted_label,
-        prediction_id=item.prediction_id,
-        model_name=item.model_name,
-        model_version=item.model_version,
-        author=item.author,
-        idempotency_key=item.idempotency_key,
+        **{name: getattr(item, name) for name in TEXT_FIELDS},
         created_time=_timestamp(item.created),
         consumed_by=item.consumed_by or "",
         state=feedback_pb2.FEEDBACK_STATE_CONSUMED if item.consumed_by else feedback_pb2.FEEDBACK_STATE_PENDING,
@@ -96,17 +91,7 @@ def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]
         value = getattr(r, name)
         if value and known is not None and value not in known:
             raise wire.WireError(f"{name}: {value!r} is not a class of model {r.model_name!r} ({', '.join(known)})")
-    return Item(
-        image=r.image,
-        attention=attention,
-        label=r.label,
-        predicted_label=r.predicted_label,
-        prediction_id=r.prediction_id,
-        model_name=r.model_name,
-        model_version=r.model_version,
-        author=r.author,
-        idempotency_key=r.idempotency_key,
-    )
+    return Item(image=r.image, attention=attention, **{name: getattr(r, name) for name in TEXT_FIELDS})
 
 
 class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):

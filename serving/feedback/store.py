@@ -165,6 +165,11 @@ class _SQLStore(FeedbackStore):
     # The columns a submission's idempotency key vouches for: a retry must send the same.
     _PAYLOAD = ("image_sha256", "map_height", "map_width", "map_values", "label", "predicted_label", "prediction_id",
                 "model_name", "model_version", "author")  # fmt: skip
+    _INSERT = (
+        f"INSERT INTO feedback (id, idempotency_key, {', '.join(_PAYLOAD)}, created, consumed_by)"
+        f" VALUES ({', '.join('?' * (len(_PAYLOAD) + 4))}) ON CONFLICT DO NOTHING RETURNING id"
+    )
+    _BY_KEY = f"SELECT id, {', '.join(_PAYLOAD)} FROM feedback WHERE idempotency_key = ?"
 
     _PING: str  # the cheapest statement that needs the database
 
@@ -264,19 +269,10 @@ class _SQLStore(FeedbackStore):
         self._execute("INSERT INTO images (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", (sha, item.image))
         # DO NOTHING when the key (or id) is taken, rather than an error: with PostgreSQL, a concurrent
         # submission with the same key waits here for the first to commit, then the lookup below finds it.
-        inserted = self._execute(
-            f"INSERT INTO feedback (id, idempotency_key, {', '.join(self._PAYLOAD)}, created, consumed_by)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-            (item.id, key, *payload, item.created, item.consumed_by),
-        ).fetchall()
+        inserted = self._execute(self._INSERT, (item.id, key, *payload, item.created, item.consumed_by)).fetchall()
         if inserted:
             return item.id, True
-        stored = (
-            key
-            and self._execute(
-                f"SELECT id, {', '.join(self._PAYLOAD)} FROM feedback WHERE idempotency_key = ?", (key,)
-            ).fetchone()
-        )
+        stored = key and self._execute(self._BY_KEY, (key,)).fetchone()
         if not stored:  # it is the id that is taken: this very item is stored already
             return item.id, False
         differ = [name for name, old, new in zip(self._PAYLOAD, stored[1:], payload) if _plain(old) != new]

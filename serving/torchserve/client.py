@@ -24,10 +24,7 @@ from handlers.stubs.torchserve import inference_pb2, inference_pb2_grpc, managem
 from serving import settings
 from serving.torchserve.config import Target
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", settings.TORCHSERVE_MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", settings.TORCHSERVE_MAX_MESSAGE_BYTES),
-]
+CHANNEL_OPTIONS = settings.message_limits(settings.TORCHSERVE_MAX_MESSAGE_BYTES)
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 # What a service that is not up yet (or its half-written key file) raises.
 NOT_UP = (grpc.RpcError, urllib.error.URLError, KeyError, OSError, ValueError)
