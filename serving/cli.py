@@ -22,9 +22,11 @@ from finetune.data import DataConfig, DataError
 from finetune.evaluate import evaluate
 from finetune.knowledge import TuneConfig
 from finetune.model import list_models
-from serving import demo, retraining, services, settings
+from serving import demo, retraining, review, services, settings
 from serving.client import Client
-from serving.feedback import transfer
+from serving.editor.gateway import EditorConfig
+from serving.feedback import experts, transfer
+from serving.feedback.service import known_classes
 from serving.feedback.store import open_store
 from serving.torchserve import archive
 from serving.torchserve.config import ServeConfig, Target
@@ -309,6 +311,7 @@ def _cmd_up(args: argparse.Namespace) -> None:
             model_out=args.out,
             epochs=args.epochs,
             retrain_schedule=args.retrain_schedule,
+            editor=None if args.no_editor else EditorConfig(address=args.editor_address),
         )
     )
 
@@ -321,6 +324,87 @@ def _up_arguments(p: argparse.ArgumentParser) -> None:
     )
     _feedback_arguments(p.add_argument_group("feedback service"))
     p.add_argument("--retrain-schedule", help='also run `abn retrain` on this cron schedule, e.g. "0 3 * * *"')
+    p.add_argument("--editor-address", default=EditorConfig().address, help="the attention editor's host:port")
+    p.add_argument("--no-editor", action="store_true", help="do not start the attention editor")
+
+
+def _cmd_editor(args: argparse.Namespace) -> None:
+    services.editor(
+        EditorConfig(
+            address=args.address,
+            target=_target(args),
+            model=args.model,
+            feedback=args.feedback,
+            feedback_ca=args.feedback_ca,
+            classes=known_classes(args.checkpoint),
+        )
+    )
+
+
+def _editor_arguments(p: argparse.ArgumentParser) -> None:
+    d = EditorConfig()
+    p.add_argument(
+        "--address",
+        default=d.address,
+        help=f"host:port to listen on (beyond loopback only with {settings.LISTEN_ALL_ENV}=1)",
+    )
+    _target_arguments(p)
+    p.add_argument("--model", default=d.model, help="the served model that predicts uploaded images")
+    p.add_argument("--feedback", default=d.feedback, help="the feedback service's address")
+    p.add_argument("--feedback-ca", help="PEM certificate of the feedback service's CA, when it serves TLS")
+    p.add_argument(
+        "--checkpoint", nargs="*", default=[], help="checkpoints of the served models: their classes are the choices"
+    )
+
+
+def _with_store(args: argparse.Namespace, work):
+    store = open_store(args.store)
+    try:
+        return work(store)
+    finally:
+        store.close()
+
+
+def _cmd_experts_add(args: argparse.Namespace) -> None:
+    token = _with_store(args, lambda store: experts.add(store, args.name))
+    print(f"expert {args.name!r} added; their token, shown this once (the store keeps only its hash):\n{token}")
+
+
+def _cmd_experts_list(args: argparse.Namespace) -> None:
+    rows = _with_store(args, lambda store: store.experts())
+    print(json.dumps([{"name": e.name, "added": e.created} for e in rows], indent=2))
+
+
+def _cmd_experts_remove(args: argparse.Namespace) -> None:
+    _with_store(args, lambda store: experts.remove(store, args.name))
+    print(f"expert {args.name!r} removed: their token stops working within {settings.EXPERT_CACHE_S:g} s")
+
+
+def _queue_client(args: argparse.Namespace) -> Client:
+    t = _target(args)
+    return Client.for_target(t, args.feedback, args.token_file, model=args.model, feedback_ca=args.feedback_ca)
+
+
+def _cmd_review_add(args: argparse.Namespace) -> None:
+    with _queue_client(args) as client:
+        result = review.add_folder(client, _config(review.QueueConfig, args))
+    print(json.dumps(result, indent=2))
+
+
+def _cmd_review_list(args: argparse.Namespace) -> None:
+    with _queue_client(args) as client:
+        items = client.feedback.review_items(args.model, args.label, args.limit)
+    for i in items:
+        p = i.prediction
+        print(f"{i.priority:.3f}  {i.id}  {p.model_name}:{p.model_version}  {p.scores[0].label}  {i.reason}")
+
+
+def _review_arguments(p: argparse.ArgumentParser) -> None:
+    _target_arguments(p)
+    p.add_argument("--model", default=settings.MODEL_NAME, help="the served model")
+    p.add_argument("--feedback", default=f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}", help="feedback service")
+    p.add_argument("--token-file", default=settings.FEEDBACK_TOKEN_FILE, help="the feedback service's token file")
+    p.add_argument("--feedback-ca", help="PEM certificate of the feedback service's CA, when it serves TLS")
 
 
 def _cmd_feedback_serve(args: argparse.Namespace) -> None:
@@ -361,14 +445,8 @@ def _cmd_feedback_backup(args: argparse.Namespace) -> None:
 def _cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when TorchServe answers its ping (and the model has a ready worker, and the feedback service
     answers SERVING, where asked); 1 otherwise. The container's HEALTHCHECK."""
-    with Client(
-        args.inference,
-        args.key_file,
-        args.management_url,
-        management_target=args.management,
-        timeout=args.timeout,
-        feedback_target=args.feedback or f"{settings.LOOPBACK}:0",
-        feedback_ca=args.feedback_ca,
+    with Client.for_target(
+        _target(args), args.feedback or f"{settings.LOOPBACK}:0", timeout=args.timeout, feedback_ca=args.feedback_ca
     ) as client:
         checks = services.health(client, args.model, bool(args.feedback))
     print(json.dumps(checks))
@@ -470,6 +548,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="the new file")
 
+    _command(
+        sub,
+        "editor",
+        "the attention editor: a web page where experts review and correct maps",
+        _cmd_editor,
+        _editor_arguments,
+    )
+    esub = sub.add_parser("experts", help="the experts who may correct maps, each with a token").add_subparsers(
+        dest="experts_command", required=True, metavar="command"
+    )
+    p = _command(esub, "add", "add an expert and print their token (once)", _cmd_experts_add, _store_argument)
+    p.add_argument("name")
+    _command(esub, "list", "the experts, by name", _cmd_experts_list, _store_argument)
+    p = _command(esub, "remove", "remove an expert: their token stops working", _cmd_experts_remove, _store_argument)
+    p.add_argument("name")
+    rsub = sub.add_parser("review", help="the review queue the editor shows").add_subparsers(
+        dest="review_command", required=True, metavar="command"
+    )
+    p = _command(rsub, "add", "predict every image of a folder and queue it, least certain first", _cmd_review_add)
+    _review_arguments(p)
+    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--priority", choices=sorted(review.PRIORITIES), default=review.QueueConfig.priority)
+    p.add_argument("--limit", type=int, help="at most this many images, in name order")
+    p = _command(rsub, "list", "the items waiting for review, highest priority first", _cmd_review_list)
+    _review_arguments(p)
+    p.add_argument("--label", default="", help="only items of this predicted class")
+    p.add_argument("--limit", type=int, default=settings.REVIEW_LIST_DEFAULT)
     _command(
         sub,
         "up",

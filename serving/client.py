@@ -46,15 +46,14 @@ class Client:
         self.feedback = FeedbackClient(feedback_target, feedback_token_file, feedback_ca, timeout)
 
     @classmethod
-    def for_services(
+    def for_target(
         cls,
-        cfg: ServeConfig,
+        t: Target,
         feedback_target: str = f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}",
         feedback_token_file: str | Path | None = None,
         **kw,
     ) -> "Client":
-        """A client of the TorchServe cfg configures and of the feedback service at feedback_target."""
-        t = cfg.target
+        """A client of the TorchServe at t and of the feedback service at feedback_target."""
         return cls(
             t.inference,
             t.key_file,
@@ -64,6 +63,17 @@ class Client:
             feedback_token_file=feedback_token_file,
             **kw,
         )
+
+    @classmethod
+    def for_services(
+        cls,
+        cfg: ServeConfig,
+        feedback_target: str = f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}",
+        feedback_token_file: str | Path | None = None,
+        **kw,
+    ) -> "Client":
+        """A client of the TorchServe cfg configures and of the feedback service at feedback_target."""
+        return cls.for_target(cfg.target, feedback_target, feedback_token_file, **kw)
 
     def close(self) -> None:
         self.torchserve.close()
@@ -103,10 +113,20 @@ class Client:
         model_name: str = "",
         model_version: str = "",
         predicted_label: str = "",
+        review_id: str = "",
     ) -> feedback_pb2.SubmitFeedbackResponse:
         """A corrected map for an image (serving.feedback.client.FeedbackClient.submit)."""
         return self.feedback.submit(
-            image, attention, prediction, label, author, idempotency_key, model_name, model_version, predicted_label
+            image,
+            attention,
+            prediction,
+            label,
+            author,
+            idempotency_key,
+            model_name,
+            model_version,
+            predicted_label,
+            review_id,
         )
 
     def get_feedback(self, feedback_id: str) -> feedback_pb2.Feedback:

@@ -9,8 +9,9 @@ from pathlib import Path
 from PIL import Image
 
 from finetune import checkpoint, decoy_digits, train
-from serving import retraining, settings
+from serving import retraining, review, settings
 from serving.client import Client
+from serving.editor.gateway import EditorConfig, EditorServer
 from serving.feedback.server import FeedbackServer, write_token
 from serving.feedback.service import known_classes
 from serving.feedback.store import FeedbackStore, display_url, open_store
@@ -45,14 +46,20 @@ class UpConfig:
     model_out: str = settings.DEMO_MODEL  # folder of the demo model
     epochs: int = train.TrainConfig.epochs  # of the demo model, when it is trained
     retrain_schedule: str | None = None  # a cron expression: run retraining on it, in the background
+    editor: EditorConfig | None = field(default_factory=EditorConfig)  # None: no editor
+    review_images: int = 40  # built-in test images queued for review on the first start
 
 
-def check_listen(serve: ServeConfig | None = None, feedback: FeedbackConfig | None = None) -> None:
+def check_listen(
+    serve: ServeConfig | None = None, feedback: FeedbackConfig | None = None, editor: EditorConfig | None = None
+) -> None:
     """Before anything starts: the addresses the services would listen on are allowed."""
     if serve is not None:
         settings.check_host(serve.host, "TorchServe")
     if feedback is not None:
         settings.check_host(feedback.host, "the feedback service", token_off=feedback.token_file is None)
+    if editor is not None:
+        settings.check_host(editor.host, "the editor")
 
 
 def wait_for_stop() -> None:
@@ -107,6 +114,44 @@ def feedback(cfg: FeedbackConfig) -> None:
         stop_feedback(server, store)
 
 
+def start_editor(cfg: EditorConfig) -> tuple[EditorServer, Client]:
+    # no service token for the feedback service: the gateway calls it with the signed-in expert's
+    client = Client.for_target(cfg.target, cfg.feedback, model=cfg.model, feedback_ca=cfg.feedback_ca)
+    server = EditorServer(cfg, client)
+    print(
+        f"attention editor on http://{settings.local_address(cfg.host)}:{server.port}/ : sign in with a token "
+        "from `abn experts add NAME`",
+        flush=True,
+    )
+    return server, client
+
+
+def editor(cfg: EditorConfig) -> None:
+    """The editor alone, in front of a running TorchServe and feedback service."""
+    check_listen(editor=cfg)
+    server, client = start_editor(cfg)
+    try:
+        wait_for_stop()
+    finally:
+        server.stop()
+        client.close()
+
+
+def _queue_test_images(cfg: UpConfig, client: Client, name: str) -> None:
+    """On the first start, the built-in test images go into the review queue, so the editor has work."""
+    folder = Path(settings.RUNS) / "review_images"
+    if cfg.review_images <= 0 or folder.exists():
+        return
+    split = decoy_digits.build("test")
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i in range(min(cfg.review_images, len(split.images))):
+        digit = (split.images[i, 0].numpy() * 255).round().astype("uint8")
+        Image.fromarray(digit).resize((128, 128), Image.Resampling.NEAREST).save(tmp / f"test-{i:03d}.png")
+    tmp.rename(folder)
+    print(f"review queue: {review.add_folder(client, review.QueueConfig(str(folder), model=name))}", flush=True)
+
+
 def _demo_archive(cfg: UpConfig) -> tuple[str, Path]:
     """The model's name and the archive to serve: the one promoted last, else the demo model's, trained and
     archived if need be; built again if it does not carry its code (an archive of an earlier version)."""
@@ -124,7 +169,7 @@ def _demo_archive(cfg: UpConfig) -> tuple[str, Path]:
 
 
 def up(cfg: UpConfig) -> None:
-    check_listen(cfg.serve, cfg.feedback)
+    check_listen(cfg.serve, cfg.feedback, cfg.editor)
     name, mar = _demo_archive(cfg)
     sample = decoy_digits.build("test").images[0, 0]
     Image.fromarray((sample.numpy() * 255).round().astype("uint8")).save(Path(settings.RUNS) / "sample.png")
@@ -133,6 +178,14 @@ def up(cfg: UpConfig) -> None:
     with TorchServe(cfg.serve):
         _announce(cfg.serve)
         server, store = start_feedback(cfg.feedback)
+        feedback_target = f"{settings.local_address(cfg.feedback.host)}:{server.port}"
+        with Client.for_services(cfg.serve, feedback_target, cfg.feedback.token_file) as client:
+            _queue_test_images(cfg, client, name)
+        gateway = None
+        if cfg.editor is not None:
+            cfg.editor.target, cfg.editor.model, cfg.editor.feedback = cfg.serve.target, name, feedback_target
+            cfg.editor.classes = cfg.editor.classes or known_classes(cfg.feedback.checkpoints)
+            gateway = start_editor(cfg.editor)
         if cfg.retrain_schedule:
             job = retraining.for_services(
                 cfg.serve, model=name, store=cfg.feedback.store, schedule=cfg.retrain_schedule
@@ -147,6 +200,9 @@ def up(cfg: UpConfig) -> None:
         try:
             wait_for_stop()
         finally:
+            if gateway is not None:
+                gateway[0].stop()
+                gateway[1].close()
             stop_feedback(server, store)
 
 

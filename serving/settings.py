@@ -22,7 +22,8 @@ MODEL_NAME = "abn"
 # Ports
 INFERENCE_PORT = 7070  # TorchServe gRPC inference
 MANAGEMENT_PORT = 7071  # TorchServe gRPC management
-FEEDBACK_PORT = 7072  # the feedback service (gRPC)
+FEEDBACK_PORT = 7072  # the feedback service (gRPC) and its review queue
+EDITOR_PORT = 7073  # the attention editor (HTTP: the page and its JSON API)
 HTTP_INFERENCE_PORT = 8080  # TorchServe HTTP inference
 HTTP_MANAGEMENT_PORT = 8081  # TorchServe HTTP management: token renewal
 METRICS_PORT = 8082  # TorchServe Prometheus metrics
@@ -49,6 +50,15 @@ STORE_STATEMENT_TIMEOUT_S = 30  # one PostgreSQL statement, lock waits included
 STORE_PROBE_INTERVAL_S = 2.0  # how often the feedback service's health checks its store
 FEEDBACK_RETRIES = 3  # attempts of a submission while the feedback service is unavailable
 SHUTDOWN_GRACE_S = 30  # calls in flight may finish within this when a service stops
+
+# The review queue and the experts
+REVIEW_LEASE_S = 600.0  # an expert's claim on a review item; an abandoned item waits again after it
+REVIEW_LIST_DEFAULT = 50  # items a listing returns when the caller sets no limit
+REVIEW_LIST_MAX = 1000
+EXPERT_CACHE_S = 5.0  # how long the service trusts a looked-up expert token: a removed expert is out after it
+EDITOR_SESSION_S = 12 * 3600.0  # an editor sign-in lasts this long
+EDITOR_MAX_BODY_BYTES = 32 * 1024 * 1024  # one editor request: an image in base64 and a painted map in JSON
+EDITOR_TOP_K = 5  # classes the editor shows per prediction
 
 
 def message_limits(limit: int) -> list[tuple[str, int]]:

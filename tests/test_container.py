@@ -92,7 +92,7 @@ def test_the_readme_documents_the_dockerfiles_commands_ports_and_volumes():
     run = docker_run_line()
     published = {int(run[i + 1].split(":")[-1]) for i, a in enumerate(run) if a == "-p"}
     exposed = {int(p) for value in instructions("EXPOSE") for p in value.split()}
-    assert published == exposed == {7070, 7071, 7072, 8082}
+    assert published == exposed == {7070, 7071, 7072, 7073, 8082}
     mounted = {run[i + 1].split(":", 1)[1] for i, a in enumerate(run) if a == "-v"}
     volumes = {v for value in instructions("VOLUME") for v in json.loads(value)}
     assert mounted == volumes
@@ -120,7 +120,7 @@ def test_listening_beyond_loopback_needs_the_variable_and_then_a_token(tmp_path,
     assert cli.main(["feedback", "serve", "--address", "0.0.0.0:0", "--no-token", "--store", store]) == 2
     assert "without a token" in capsys.readouterr().err
     up = cli.build_parser().parse_args(["up"])
-    assert up.host == "0.0.0.0" and up.address == "0.0.0.0:7072"
+    assert up.host == "0.0.0.0" and up.address == "0.0.0.0:7072" and up.editor_address == "0.0.0.0:7073"
 
 
 def test_the_healthcheck_looks_where_up_listens():

@@ -1,13 +1,14 @@
-"""A client of the feedback service: send corrections, read them back, ask its health.
+"""A client of the feedback service: send corrections, read them back, work the review queue, ask its health.
 
 A submission the service answers UNAVAILABLE (its store unreachable, or the
 service restarting) is sent again, a few times with growing pauses, with the
 same idempotency key, so that it is stored once however many tries it takes.
 """
 
+import copy
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from handlers import wire
-from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
+from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc, review_pb2, review_pb2_grpc
 from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
 
@@ -39,8 +40,15 @@ class FeedbackClient:
             else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         )
         self._stub = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
+        self._review = review_pb2_grpc.ReviewServiceStub(self._channel)
         token = Path(token_file).read_text().strip() if token_file else None
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
+
+    def with_token(self, token: str) -> "FeedbackClient":
+        """A client on the same connection that calls with another token (an expert's); closing it closes both."""
+        other = copy.copy(self)
+        other._metadata = [("authorization", f"Bearer {token}")]
+        return other
 
     def close(self) -> None:
         self._channel.close()
@@ -62,9 +70,11 @@ class FeedbackClient:
         model_name: str = "",
         model_version: str = "",
         predicted_label: str = "",
+        review_id: str = "",
     ) -> feedback_pb2.SubmitFeedbackResponse:
         """Send a corrected map (h x w in [0, 1], the image's aspect ratio) for an image; label corrects the
-        class. With prediction, the correction names the prediction, its model and its top class."""
+        class. With prediction, the correction names the prediction, its model and its top class. review_id
+        closes the review item the author holds."""
         request = feedback_pb2.SubmitFeedbackRequest(
             image=image,
             attention=wire.map_to_proto(attention),
@@ -74,6 +84,7 @@ class FeedbackClient:
             model_name=model_name,
             model_version=model_version,
             predicted_label=predicted_label,
+            review_id=review_id,
         )
         if prediction is not None:
             request.prediction_id = prediction.prediction_id
@@ -112,6 +123,39 @@ class FeedbackClient:
     def stats(self, model_name: str = "") -> feedback_pb2.GetFeedbackStatsResponse:
         request = feedback_pb2.GetFeedbackStatsRequest(model_name=model_name)
         return self._stub.GetFeedbackStats(request, metadata=self._metadata, timeout=self.timeout)
+
+    def _call(self, method, request):
+        return method(request, metadata=self._metadata, timeout=self.timeout)
+
+    def add_review(
+        self, image: bytes, prediction: Prediction, priority: float, reason: str = ""
+    ) -> review_pb2.AddReviewItemResponse:
+        """Queue an image with its prediction for the experts; higher priority is reviewed first."""
+        request = review_pb2.AddReviewItemRequest(image=image, prediction=prediction, priority=priority, reason=reason)
+        return self._call(self._review.AddReviewItem, request)
+
+    def review_items(self, model_name: str = "", label: str = "", limit: int = 0) -> Sequence[review_pb2.ReviewItem]:
+        """Items waiting for review, highest priority first, without images."""
+        request = review_pb2.ListReviewItemsRequest(model_name=model_name, label=label, limit=limit)
+        return list(self._call(self._review.ListReviewItems, request).items)
+
+    def review_item(self, review_id: str) -> review_pb2.ReviewItem:
+        return self._call(self._review.GetReviewItem, review_pb2.GetReviewItemRequest(id=review_id)).item
+
+    def claim(
+        self, review_id: str = "", model_name: str = "", label: str = "", expert: str = ""
+    ) -> review_pb2.ReviewItem:
+        """Claim the item named, or the next one by priority; expert names who claims when the token is the
+        service's."""
+        request = review_pb2.ClaimReviewItemRequest(id=review_id, model_name=model_name, label=label, expert=expert)
+        return self._call(self._review.ClaimReviewItem, request).item
+
+    def release(self, review_id: str, expert: str = "") -> None:
+        self._call(self._review.ReleaseReviewItem, review_pb2.ReleaseReviewItemRequest(id=review_id, expert=expert))
+
+    def caller(self) -> str:
+        """The expert this client's token belongs to; empty for the service token."""
+        return self._call(self._review.GetCaller, review_pb2.GetCallerRequest()).expert
 
     def serving(self) -> bool:
         """True when the service's standard health check answers SERVING."""

@@ -1,10 +1,12 @@
-"""The feedback service's gRPC server: abn.v1.FeedbackService, health, reflection, and what wraps every call.
+"""The feedback service's gRPC server: abn.v1.FeedbackService and abn.v1.ReviewService, health, reflection, and
+what wraps every call.
 
 Listens on 127.0.0.1:7072 by default. Serves the standard gRPC health service
 and server reflection (so generic tools such as `buf curl` can call it without
 the protos). Health follows the store: NOT_SERVING while the store cannot be
 reached, SERVING again when it can. When a token is configured, every call
-but health and reflection needs the metadata `authorization: Bearer <token>`.
+but health and reflection needs the metadata `authorization: Bearer <token>`,
+with the service's token or an expert's (`abn experts add`).
 TLS when a certificate and key are given. Messages are bounded; shutdown lets
 calls in flight finish.
 
@@ -26,10 +28,10 @@ from grpc_reflection.v1alpha import reflection
 
 from finetune.images import ImageError
 from handlers import wire
-from handlers.stubs.abn.v1 import feedback_pb2_grpc
+from handlers.stubs.abn.v1 import feedback_pb2_grpc, review_pb2_grpc
 from serving import settings
-from serving.feedback.service import SERVICE, FeedbackService, NotFoundError
-from serving.feedback.store import ConflictError, FeedbackStore, StoreUnavailable
+from serving.feedback.service import REVIEW_SERVICE, SERVICE, FeedbackService, Identities, ReviewService
+from serving.feedback.store import ClaimError, ConflictError, FeedbackStore, NotFoundError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -42,6 +44,7 @@ STATUSES: list[tuple[tuple[type[Exception], ...], grpc.StatusCode, str | None]] 
     ((StoreUnavailable,), grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE),
     ((ConflictError,), grpc.StatusCode.ALREADY_EXISTS, None),
     ((NotFoundError,), grpc.StatusCode.NOT_FOUND, None),
+    ((ClaimError,), grpc.StatusCode.FAILED_PRECONDITION, None),
     ((wire.WireError, ImageError), grpc.StatusCode.INVALID_ARGUMENT, None),
 ]
 
@@ -65,22 +68,30 @@ def _wrap(handler: grpc.RpcMethodHandler, wrapper: Callable[[Callable, bool], Ca
 
 
 class TokenAuth(grpc.ServerInterceptor):
-    """Refuses calls without `authorization: Bearer <token>`, except health checks and reflection."""
+    """Refuses calls without `authorization: Bearer <token>` of the service or of an expert, except health checks
+    and reflection."""
 
     MESSAGE = "missing or wrong token: send metadata `authorization: Bearer <token>`"
 
-    def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
+    def __init__(self, identities: Identities):
+        self.identities = identities
 
     def _refuse(self, request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, self.MESSAGE)
+
+    def _unavailable(self, request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if details.method.startswith(OPEN_METHODS):
             return handler
-        sent = dict(details.invocation_metadata).get("authorization", "")
-        if secrets.compare_digest(sent.encode(), self.expected):
+        try:
+            known = self.identities.of(details.invocation_metadata) is not None
+        except StoreUnavailable as e:  # an expert's token cannot be checked now
+            logger.warning("%s: %s", details.method, e)
+            return _wrap(handler, lambda behaviour, streams: self._unavailable) if handler else None
+        if known:
             return handler
         if handler is None:  # no such method: the caller learns nothing of what exists
             return grpc.unary_unary_rpc_method_handler(self._refuse)
@@ -149,7 +160,7 @@ class StoreHealth:
         if serving != self._serving:
             changed, self._serving = self._serving is not None, serving
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in ("", SERVICE):
+            for name in ("", SERVICE, REVIEW_SERVICE):
                 self.servicer.set(name, status)
             if not serving:
                 logger.warning("feedback store unreachable: NOT_SERVING")
@@ -191,19 +202,28 @@ class FeedbackServer:
         classes: dict[str, list[str]] | None = None,
         workers: int = 16,
         probe_interval: float = settings.STORE_PROBE_INTERVAL_S,
+        review_lease_s: float = settings.REVIEW_LEASE_S,
     ):
         health_servicer = health.HealthServicer()
         self.health = StoreHealth(store, health_servicer, probe_interval)
-        interceptors: list[grpc.ServerInterceptor] = [TokenAuth(token)] if token else []
+        identities = Identities(store, token)
+        interceptors: list[grpc.ServerInterceptor] = [TokenAuth(identities)] if token else []
         interceptors.append(ErrorStatus())
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers),
             options=settings.message_limits(settings.FEEDBACK_MAX_MESSAGE_BYTES),
             interceptors=interceptors,
         )
-        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackService(store, classes), self.server)
+        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
+            FeedbackService(store, identities, classes), self.server
+        )
+        review_pb2_grpc.add_ReviewServiceServicer_to_server(
+            ReviewService(store, identities, classes, review_lease_s), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(
+            (SERVICE, REVIEW_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
         if tls:
             self.port = self.server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
         else:

@@ -1,11 +1,16 @@
-"""abn.v1.FeedbackService: each call validates its request, converts it, calls the store, converts back.
+"""abn.v1.FeedbackService and abn.v1.ReviewService: each call validates its request, converts it, calls the
+store, converts back. Identities says who a call's token belongs to: the service, or an expert.
 
 Errors are raised, never turned into statuses here: serving.feedback.server
 maps them, in one place (bad input -> INVALID_ARGUMENT, and so on).
 Everything is validated before anything is written.
 """
 
+import math
 import re
+import secrets
+import threading
+import time
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,18 +20,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from finetune import checkpoint
 from finetune.images import ImageError, check_aspect, open_image
 from handlers import wire
-from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
+from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc, review_pb2, review_pb2_grpc
+from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
-from serving.feedback.store import FeedbackStore, Item, is_plain_name
+from serving.feedback.store import FeedbackStore, Item, NotFoundError, ReviewEntry, is_plain_name, token_hash
 
 SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+REVIEW_SERVICE = review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name
 VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
 # The text fields a correction carries, named alike in the request, the stored Item and the Feedback message.
 TEXT_FIELDS = ("label", "predicted_label", "prediction_id", "model_name", "model_version", "author", "idempotency_key")
-
-
-class NotFoundError(LookupError):
-    """What a request names is not stored."""
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -54,31 +57,47 @@ def known_classes(checkpoints: list[str] | list[Path]) -> dict[str, list[str]]:
     return {m["name"]: m["classes"] for m in metas}
 
 
+def _check_text(name: str, value: str) -> None:
+    if len(value) > settings.MAX_TEXT:
+        raise wire.WireError(f"{name}: longer than {settings.MAX_TEXT} characters")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise wire.WireError(f"{name}: control characters are not accepted")
+
+
+def _check_plain(name: str, value: str) -> None:
+    """Class and model names become folder names when exported."""
+    if not is_plain_name(value):
+        raise wire.WireError(f"{name}: {value[:40]!r} is not a plain name (no / or \\, not . or ..)")
+
+
+def _check_model(name: str, classes: dict[str, list[str]]) -> None:
+    if classes and name and name not in classes:
+        raise wire.WireError(
+            f"model_name: {name[:40]!r} is not a model this service knows ({', '.join(classes)}); "
+            "leave it empty for another model"
+        )
+
+
+def _open(image: bytes):
+    try:
+        return open_image(image, "image")
+    except ImageError as e:
+        raise wire.WireError(str(e)) from e
+
+
 def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]]) -> Item:
     """The item to store, or wire.WireError naming the field. classes: model name -> its class names, for the
     models whose labels are checked."""
-    for name in TEXT_FIELDS:
-        value = getattr(r, name)
-        if len(value) > settings.MAX_TEXT:
-            raise wire.WireError(f"{name}: longer than {settings.MAX_TEXT} characters")
-        if any(unicodedata.category(c) == "Cc" for c in value):
-            raise wire.WireError(f"{name}: control characters are not accepted")
-    for name in ("label", "predicted_label", "model_name"):  # they become folder names when exported
-        if not is_plain_name(getattr(r, name)):
-            raise wire.WireError(f"{name}: {getattr(r, name)[:40]!r} is not a plain name (no / or \\, not . or ..)")
+    for name in (*TEXT_FIELDS, "review_id"):
+        _check_text(name, getattr(r, name))
+    for name in ("label", "predicted_label", "model_name"):
+        _check_plain(name, getattr(r, name))
     if r.model_version and not VERSION.fullmatch(r.model_version):
         raise wire.WireError(
             f"model_version: {r.model_version[:40]!r} is not a version as TorchServe names them (1, 2, 1.5)"
         )
-    if classes and r.model_name and r.model_name not in classes:
-        raise wire.WireError(
-            f"model_name: {r.model_name[:40]!r} is not a model this service knows ({', '.join(classes)}); "
-            "leave it empty for another model"
-        )
-    try:
-        image = open_image(r.image, "image")
-    except ImageError as e:
-        raise wire.WireError(str(e)) from e
+    _check_model(r.model_name, classes)
+    image = _open(r.image)
     if not r.HasField("attention"):
         raise wire.WireError("attention: missing; send the corrected map")
     attention = wire.map_from_proto(r.attention, "attention")
@@ -91,16 +110,120 @@ def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]
         value = getattr(r, name)
         if value and known is not None and value not in known:
             raise wire.WireError(f"{name}: {value!r} is not a class of model {r.model_name!r} ({', '.join(known)})")
-    return Item(image=r.image, attention=attention, **{name: getattr(r, name) for name in TEXT_FIELDS})
+    return Item(
+        image=r.image, attention=attention, review_id=r.review_id, **{name: getattr(r, name) for name in TEXT_FIELDS}
+    )
+
+
+def validate_review(r: review_pb2.AddReviewItemRequest, classes: dict[str, list[str]]) -> ReviewEntry:
+    """The entry to queue, or wire.WireError naming the field."""
+    p = r.prediction
+    if not r.HasField("prediction") or not p.scores:
+        raise wire.WireError("prediction: missing, or without scores; send the prediction TorchServe returned")
+    _check_text("reason", r.reason)
+    for name in ("model_name", "model_version", "prediction_id"):
+        _check_text(f"prediction.{name}", getattr(p, name))
+    if not p.model_name:
+        raise wire.WireError("prediction.model_name: empty; name the model the prediction came from")
+    _check_plain("prediction.model_name", p.model_name)
+    _check_model(p.model_name, classes)
+    known = classes.get(p.model_name)
+    for i, score in enumerate(p.scores):
+        _check_text(f"prediction.scores[{i}].label", score.label)
+        _check_plain(f"prediction.scores[{i}].label", score.label)
+        if known is not None and score.label not in known:
+            raise wire.WireError(f"prediction.scores[{i}].label: {score.label!r} is not a class of {p.model_name!r}")
+        if not 0 <= score.probability <= 1:
+            raise wire.WireError(f"prediction.scores[{i}].probability: {score.probability} is not in [0, 1]")
+    if not math.isfinite(r.priority):
+        raise wire.WireError("priority: must be a finite number")
+    if p.HasField("attention"):
+        wire.map_from_proto(p.attention, "prediction.attention")
+    _open(r.image)
+    return ReviewEntry(
+        image=r.image,
+        prediction=p.SerializeToString(),
+        model_name=p.model_name,
+        predicted_label=p.scores[0].label,
+        priority=r.priority,
+        reason=r.reason,
+    )
+
+
+def _review_message(entry: ReviewEntry, with_data: bool = True) -> review_pb2.ReviewItem:
+    prediction = Prediction.FromString(entry.prediction)
+    if not with_data:
+        prediction.ClearField("attention")
+    claimed = entry.claimed_by is not None and (entry.lease_until or 0) >= time.time()
+    state = (
+        review_pb2.REVIEW_STATE_DONE
+        if entry.feedback_id
+        else review_pb2.REVIEW_STATE_CLAIMED
+        if claimed
+        else review_pb2.REVIEW_STATE_WAITING
+    )
+    item = review_pb2.ReviewItem(
+        id=entry.id,
+        image=entry.image if with_data else b"",
+        image_sha256=entry.image_sha256,
+        prediction=prediction,
+        priority=entry.priority,
+        reason=entry.reason,
+        created_time=_timestamp(entry.created),
+        state=state,
+        claimed_by=entry.claimed_by or "" if claimed or entry.feedback_id else "",
+        feedback_id=entry.feedback_id or "",
+    )
+    if claimed:
+        item.lease_expire_time.CopyFrom(_timestamp(entry.lease_until or 0))
+    return item
+
+
+class Identities:
+    """Who a call's token belongs to: "" for the service (its token; any caller when the service has none), an
+    expert's name for a token whose hash the store knows, None for anyone else. Lookups are remembered for
+    settings.EXPERT_CACHE_S, so a removed expert is refused within that time."""
+
+    SERVICE = ""
+
+    def __init__(self, store: FeedbackStore, token: str | None, ttl: float = settings.EXPERT_CACHE_S):
+        self.store, self.ttl = store, ttl
+        self._service = f"Bearer {token}".encode() if token else None
+        self._cache: dict[str, tuple[str | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, metadata) -> str | None:
+        sent = dict(metadata or ()).get("authorization", "")
+        if self._service is not None and secrets.compare_digest(sent.encode(), self._service):
+            return self.SERVICE
+        expert = self._expert(sent.removeprefix("Bearer ")) if sent.startswith("Bearer ") else None
+        if expert is not None:
+            return expert
+        return self.SERVICE if self._service is None else None
+
+    def _expert(self, token: str) -> str | None:
+        key, now = token_hash(token), time.monotonic()
+        with self._lock:
+            name, until = self._cache.get(key, (None, 0.0))
+        if until > now:
+            return name
+        name = self.store.expert_for(key)  # StoreUnavailable goes to the caller: UNAVAILABLE
+        with self._lock:
+            if len(self._cache) > 10_000:  # wrong tokens are remembered too; a flood of them cannot grow this
+                self._cache.clear()
+            self._cache[key] = (name, now + self.ttl)
+        return name
 
 
 class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
-    def __init__(self, store: FeedbackStore, classes: dict[str, list[str]] | None = None):
-        self.store = store
+    def __init__(self, store: FeedbackStore, identities: Identities, classes: dict[str, list[str]] | None = None):
+        self.store, self.identities = store, identities
         self.classes = classes or {}  # model name -> class names, for the models this service knows
 
     def SubmitFeedback(self, request, context):
-        feedback_id, created = self.store.submit(validate(request, self.classes))
+        item = validate(request, self.classes)
+        item.author = self.identities.of(context.invocation_metadata()) or item.author  # an expert signs for it
+        feedback_id, created = self.store.submit(item)
         return feedback_pb2.SubmitFeedbackResponse(id=feedback_id, created=created)
 
     def GetFeedback(self, request, context):
@@ -134,3 +257,64 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
             by_label=counts(s["by_label"]),
             by_model_version=counts(s["by_model_version"]),
         )
+
+
+class ReviewService(review_pb2_grpc.ReviewServiceServicer):
+    def __init__(
+        self,
+        store: FeedbackStore,
+        identities: Identities,
+        classes: dict[str, list[str]] | None = None,
+        lease_s: float = settings.REVIEW_LEASE_S,
+    ):
+        self.store, self.identities, self.lease_s = store, identities, lease_s
+        self.classes = classes or {}
+
+    def _expert(self, request, context) -> str:
+        """The expert a claim is for: the token's, else the one the request names."""
+        expert = self.identities.of(context.invocation_metadata()) or request.expert
+        if not expert:
+            raise wire.WireError("expert: name the expert (a call with the service token acts for one)")
+        _check_text("expert", expert)
+        return expert
+
+    def AddReviewItem(self, request, context):
+        review_id, created = self.store.add_review(validate_review(request, self.classes))
+        return review_pb2.AddReviewItemResponse(id=review_id, created=created)
+
+    def ListReviewItems(self, request, context):
+        for name in ("model_name", "label"):
+            _check_text(name, getattr(request, name))
+        if request.limit > settings.REVIEW_LIST_MAX:
+            raise wire.WireError(f"limit: at most {settings.REVIEW_LIST_MAX}, got {request.limit}")
+        viewer = self.identities.of(context.invocation_metadata()) or ""
+        entries = self.store.review_items(
+            request.model_name, request.label, request.limit or settings.REVIEW_LIST_DEFAULT, viewer
+        )
+        return review_pb2.ListReviewItemsResponse(items=[_review_message(e, with_data=False) for e in entries])
+
+    def GetReviewItem(self, request, context):
+        _check_text("id", request.id)
+        entry = self.store.review_item(request.id) if request.id else None
+        if entry is None:
+            raise NotFoundError(f"id: no review item {request.id[:64]!r}")
+        return review_pb2.GetReviewItemResponse(item=_review_message(entry))
+
+    def ClaimReviewItem(self, request, context):
+        for name in ("id", "model_name", "label"):
+            _check_text(name, getattr(request, name))
+        entry = self.store.claim_review(
+            self._expert(request, context), request.id, request.model_name, request.label, self.lease_s
+        )
+        if entry is None:
+            filters = " with these filters" if request.label or request.model_name else ""
+            raise NotFoundError(f"no item is waiting for review{filters} (items you skipped are not offered again)")
+        return review_pb2.ClaimReviewItemResponse(item=_review_message(entry))
+
+    def ReleaseReviewItem(self, request, context):
+        _check_text("id", request.id)
+        self.store.release_review(request.id, self._expert(request, context))
+        return review_pb2.ReleaseReviewItemResponse()
+
+    def GetCaller(self, request, context):
+        return review_pb2.GetCallerResponse(expert=self.identities.of(context.invocation_metadata()) or "")

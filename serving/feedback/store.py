@@ -61,6 +61,28 @@ _MIGRATIONS = [
     CREATE INDEX feedback_model ON feedback(model_name, consumed_by);
     CREATE INDEX feedback_created ON feedback(created);
     """,
+    # experts, and the review queue: open_key (image and model) is set while an item is open, so an image
+    # waits once per model; the prediction is stored as the service received it (abn.v1.Prediction)
+    """
+    CREATE TABLE experts (name TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE, created {real} NOT NULL);
+    CREATE TABLE review (
+        seq {seq},
+        id TEXT NOT NULL UNIQUE,
+        open_key TEXT UNIQUE,
+        image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+        model_name TEXT NOT NULL,
+        predicted_label TEXT NOT NULL,
+        prediction {blob} NOT NULL,
+        priority {real} NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        created {real} NOT NULL,
+        claimed_by TEXT,
+        lease_until {real},
+        feedback_id TEXT
+    );
+    CREATE INDEX review_open ON review(feedback_id, priority);
+    CREATE TABLE review_skips (review_id TEXT NOT NULL, expert TEXT NOT NULL, PRIMARY KEY (review_id, expert));
+    """,
 ]
 MIGRATIONS = [m.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL") for m in _MIGRATIONS]
 POSTGRES_MIGRATIONS = [
@@ -73,6 +95,14 @@ _SCHEMA_LOCK = 0x61626E  # PostgreSQL advisory lock id ("abn") that serialises m
 
 class ConflictError(ValueError):
     """An idempotency key reused for a different submission."""
+
+
+class NotFoundError(LookupError):
+    """What a request names is not stored."""
+
+
+class ClaimError(ValueError):
+    """A review item the caller does not hold, or cannot take: the message says who holds it or why."""
 
 
 class StoreUnavailable(RuntimeError):
@@ -94,6 +124,37 @@ class Item:
     image_sha256: str = ""
     created: float = 0.0
     consumed_by: str | None = None
+    review_id: str = ""  # the review item this closes; its claim must be the author's
+
+
+@dataclass
+class ReviewEntry:
+    """An item of the review queue. prediction: the serialized abn.v1.Prediction, opaque to the store."""
+
+    image: bytes
+    prediction: bytes
+    model_name: str
+    predicted_label: str
+    priority: float
+    reason: str = ""
+    id: str = ""
+    image_sha256: str = ""
+    created: float = 0.0
+    claimed_by: str | None = None
+    lease_until: float | None = None
+    feedback_id: str | None = None
+
+
+@dataclass
+class Expert:
+    name: str
+    created: float
+
+
+def token_hash(token: str) -> str:
+    """What the store keeps of an expert's token. Tokens are 256 random bits, so a plain SHA-256 cannot be
+    reversed by guessing; a slow password hash would only slow every call."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def is_plain_name(value: str) -> bool:
@@ -126,6 +187,45 @@ class FeedbackStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers now."""
+
+    @abstractmethod
+    def add_expert(self, name: str, token_sha256: str) -> None:
+        """Record an expert by the hash of their token; ConflictError when the name is taken."""
+
+    @abstractmethod
+    def experts(self) -> list[Expert]: ...
+
+    @abstractmethod
+    def remove_expert(self, name: str) -> bool:
+        """False when there was no such expert."""
+
+    @abstractmethod
+    def expert_for(self, token_sha256: str) -> str | None:
+        """The name of the expert with this token hash."""
+
+    @abstractmethod
+    def add_review(self, entry: ReviewEntry) -> tuple[str, bool]:
+        """Queue entry; (id, created). An image already open for the same model gives that item's id, False."""
+
+    @abstractmethod
+    def review_items(self, model_name: str = "", label: str = "", limit: int = 50, viewer: str = "") -> list:
+        """Open items not claimed by anyone but viewer, highest priority first, without their images."""
+
+    @abstractmethod
+    def review_item(self, review_id: str) -> ReviewEntry | None: ...
+
+    @abstractmethod
+    def claim_review(
+        self, expert: str, review_id: str = "", model_name: str = "", label: str = "", lease_s: float = 600.0
+    ) -> ReviewEntry | None:
+        """Claim the item named, or the open item of highest priority expert has not skipped, for lease_s
+        seconds; None when no item waits. ClaimError when the item named is held by another or done,
+        NotFoundError when there is no such item."""
+
+    @abstractmethod
+    def release_review(self, review_id: str, expert: str) -> None:
+        """Give back expert's claim; expert will not be offered the item again. ClaimError if not held,
+        NotFoundError when there is no such item."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -271,6 +371,8 @@ class _SQLStore(FeedbackStore):
         # submission with the same key waits here for the first to commit, then the lookup below finds it.
         inserted = self._execute(self._INSERT, (item.id, key, *payload, item.created, item.consumed_by)).fetchall()
         if inserted:
+            if item.review_id:
+                self._close_review(item.review_id, item.author, item.id)
             return item.id, True
         stored = key and self._execute(self._BY_KEY, (key,)).fetchone()
         if not stored:  # it is the id that is taken: this very item is stored already
@@ -360,6 +462,160 @@ class _SQLStore(FeedbackStore):
                     "UPDATE feedback SET consumed_by = ? WHERE id = ? AND consumed_by IS NULL", (run, i)
                 ).rowcount
                 for i in ids
+            )
+
+    def _close_review(self, review_id: str, author: str, feedback_id: str) -> None:
+        closed = self._execute(
+            "UPDATE review SET feedback_id = ?, open_key = NULL "
+            "WHERE id = ? AND claimed_by = ? AND feedback_id IS NULL",
+            (feedback_id, review_id, author),
+        ).rowcount
+        if not closed:
+            self._not_held(review_id, author)
+
+    def _not_held(self, review_id: str, expert: str, claiming: bool = False) -> None:
+        """Raise why expert cannot have (claiming) or does not hold the item."""
+        row = self._execute("SELECT claimed_by, feedback_id FROM review WHERE id = ?", (review_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"review_id: no review item {review_id[:64]!r}")
+        holder, feedback_id = row
+        if feedback_id is not None:
+            raise ClaimError(f"review item {review_id} was closed already, by correction {feedback_id}")
+        if claiming:
+            raise ClaimError(f"review item {review_id} is claimed by {holder!r} until its lease expires: take another")
+        if holder is None:
+            raise ClaimError(f"review item {review_id} is not claimed by {expert!r}: claim it first")
+        raise ClaimError(
+            f"review item {review_id} is claimed by {holder!r}, not {expert!r}: your claim expired and another "
+            "expert took it"
+        )
+
+    def add_expert(self, name: str, token_sha256: str) -> None:
+        added = self._execute(
+            "INSERT INTO experts (name, token_sha256, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (name, token_sha256, time.time()),
+        ).rowcount
+        if not added:
+            raise ConflictError(f"an expert named {name!r} exists already: remove it first, or choose another name")
+
+    def experts(self) -> list[Expert]:
+        return [Expert(n, c) for n, c in self._execute("SELECT name, created FROM experts ORDER BY name")]
+
+    def remove_expert(self, name: str) -> bool:
+        return self._execute("DELETE FROM experts WHERE name = ?", (name,)).rowcount > 0
+
+    def expert_for(self, token_sha256: str) -> str | None:
+        row = self._execute("SELECT name FROM experts WHERE token_sha256 = ?", (token_sha256,)).fetchone()
+        return row[0] if row else None
+
+    _REVIEW_COLUMNS = (
+        "r.id, r.image_sha256, r.model_name, r.predicted_label, r.prediction, r.priority, r.reason, r.created, "
+        "r.claimed_by, r.lease_until, r.feedback_id"
+    )
+
+    def _entry(self, row: tuple, image: bytes = b"") -> ReviewEntry:
+        rid, sha, model, label, prediction, priority, reason, created, claimed_by, lease, feedback_id = row
+        return ReviewEntry(
+            image=image,
+            prediction=_plain(prediction),
+            model_name=model,
+            predicted_label=label,
+            priority=priority,
+            reason=reason,
+            id=rid,
+            image_sha256=sha,
+            created=created,
+            claimed_by=claimed_by,
+            lease_until=lease,
+            feedback_id=feedback_id,
+        )
+
+    def add_review(self, entry: ReviewEntry) -> tuple[str, bool]:
+        sha = hashlib.sha256(entry.image).hexdigest()
+        open_key = f"{sha}:{entry.model_name}"
+        row = (uuid.uuid4().hex, open_key, sha, entry.model_name, entry.predicted_label, entry.prediction)
+        with self._transaction():
+            self._execute("INSERT INTO images (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", (sha, entry.image))
+            inserted = self._execute(
+                "INSERT INTO review (id, open_key, image_sha256, model_name, predicted_label, prediction, priority, "
+                "reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+                (*row, entry.priority, entry.reason, time.time()),
+            ).fetchall()
+            if inserted:
+                return row[0], True
+            return self._execute("SELECT id FROM review WHERE open_key = ?", (open_key,)).fetchone()[0], False
+
+    def _open_where(self, model_name: str, label: str) -> tuple[list[str], list]:
+        where, args = ["r.feedback_id IS NULL"], []
+        if model_name:
+            where.append("r.model_name = ?")
+            args.append(model_name)
+        if label:
+            where.append("r.predicted_label = ?")
+            args.append(label)
+        return where, args
+
+    def review_items(self, model_name: str = "", label: str = "", limit: int = 50, viewer: str = "") -> list:
+        where, args = self._open_where(model_name, label)
+        where.append("(r.claimed_by IS NULL OR r.lease_until < ? OR r.claimed_by = ?)")
+        rows = self._execute(
+            f"SELECT {self._REVIEW_COLUMNS} FROM review r WHERE {' AND '.join(where)} "
+            f"ORDER BY r.priority DESC, r.seq LIMIT {int(limit)}",
+            (*args, time.time(), viewer),
+        ).fetchall()
+        return [self._entry(row) for row in rows]
+
+    def review_item(self, review_id: str) -> ReviewEntry | None:
+        row = self._execute(
+            f"SELECT {self._REVIEW_COLUMNS}, i.data FROM review r JOIN images i ON i.sha256 = r.image_sha256 "
+            "WHERE r.id = ?",
+            (review_id,),
+        ).fetchone()
+        return None if row is None else self._entry(row[:-1], _plain(row[-1]))
+
+    def claim_review(
+        self, expert: str, review_id: str = "", model_name: str = "", label: str = "", lease_s: float = 600.0
+    ) -> ReviewEntry | None:
+        # a conditional UPDATE takes the item: of two experts racing for one, one changes the row, the other
+        # changes nothing and tries the next candidate
+        take = (
+            "UPDATE review SET claimed_by = ?, lease_until = ? WHERE id = ? AND feedback_id IS NULL "
+            "AND (claimed_by IS NULL OR lease_until < ? OR claimed_by = ?)"
+        )
+        where, args = self._open_where(model_name, label)
+        where += [
+            "(r.claimed_by IS NULL OR r.lease_until < ?)",
+            "NOT EXISTS (SELECT 1 FROM review_skips s WHERE s.review_id = r.id AND s.expert = ?)",
+        ]
+        for _ in range(20):
+            now = time.time()
+            if review_id:
+                candidate = review_id
+            else:
+                row = self._execute(
+                    f"SELECT r.id FROM review r WHERE {' AND '.join(where)} ORDER BY r.priority DESC, r.seq LIMIT 1",
+                    (*args, now, expert),
+                ).fetchone()
+                if row is None:
+                    return None
+                candidate = row[0]
+            if self._execute(take, (expert, now + lease_s, candidate, now, expert)).rowcount:
+                return self.review_item(candidate)
+            if review_id:
+                self._not_held(review_id, expert, claiming=True)
+        raise ClaimError("the queue is busy: other experts took every item tried; try again")
+
+    def release_review(self, review_id: str, expert: str) -> None:
+        with self._transaction():
+            released = self._execute(
+                "UPDATE review SET claimed_by = NULL, lease_until = NULL WHERE id = ? AND claimed_by = ? "
+                "AND feedback_id IS NULL",
+                (review_id, expert),
+            ).rowcount
+            if not released:
+                self._not_held(review_id, expert)
+            self._execute(
+                "INSERT INTO review_skips (review_id, expert) VALUES (?, ?) ON CONFLICT DO NOTHING", (review_id, expert)
             )
 
     def close(self) -> None:

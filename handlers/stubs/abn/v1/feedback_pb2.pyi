@@ -53,7 +53,7 @@ class Feedback(_message.Message):
     def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., image_sha256: _Optional[str] = ..., attention: _Optional[_Union[_prediction_pb2.AttentionMap, _Mapping]] = ..., label: _Optional[str] = ..., prediction_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., author: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[FeedbackState, str]] = ..., consumed_by: _Optional[str] = ..., predicted_label: _Optional[str] = ...) -> None: ...
 
 class SubmitFeedbackRequest(_message.Message):
-    __slots__ = ("image", "attention", "label", "prediction_id", "model_name", "model_version", "author", "idempotency_key", "predicted_label")
+    __slots__ = ("image", "attention", "label", "prediction_id", "model_name", "model_version", "author", "idempotency_key", "predicted_label", "review_id")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class SubmitFeedbackRequest(_message.Message):
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LABEL_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     attention: _prediction_pb2.AttentionMap
     label: str
@@ -72,7 +73,8 @@ class SubmitFeedbackRequest(_message.Message):
     author: str
     idempotency_key: str
     predicted_label: str
-    def __init__(self, image: _Optional[bytes] = ..., attention: _Optional[_Union[_prediction_pb2.AttentionMap, _Mapping]] = ..., label: _Optional[str] = ..., prediction_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., author: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., predicted_label: _Optional[str] = ...) -> None: ...
+    review_id: str
+    def __init__(self, image: _Optional[bytes] = ..., attention: _Optional[_Union[_prediction_pb2.AttentionMap, _Mapping]] = ..., label: _Optional[str] = ..., prediction_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., author: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., predicted_label: _Optional[str] = ..., review_id: _Optional[str] = ...) -> None: ...
 
 class SubmitFeedbackResponse(_message.Message):
     __slots__ = ("id", "created")

@@ -1,0 +1,455 @@
+"""The attention editor's HTTP gateway: the page, and a JSON API over the product's gRPC clients.
+
+The gateway holds no data of its own and never opens the feedback store: every
+queue or feedback call goes to the feedback service with the signed-in expert's
+own token (so the service decides what the expert may do, and records them as
+the author), and predictions go to TorchServe with its key file. The service
+tokens never reach the browser: the browser holds an HttpOnly session cookie,
+which the gateway maps to the expert's token in memory (a restart signs
+everyone out).
+
+Security: no page or API call but signing in works without a session; every
+answer carries a Content-Security-Policy that allows only the gateway's own
+scripts and styles; writes must be JSON from the gateway's own origin; request
+bodies are bounded. The API is described by OpenAPI (/api/openapi.json, for a
+signed-in expert, and docs/api.md).
+"""
+
+import base64
+import binascii
+import io
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import numpy as np
+import uvicorn
+from fastapi import Cookie, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from finetune.images import ImageError, open_image
+from handlers import wire
+from handlers.stubs.abn.v1 import review_pb2
+from handlers.stubs.abn.v1.prediction_pb2 import Prediction
+from serving import settings
+from serving.client import Client
+from serving.torchserve.config import Target
+
+STATIC = Path(__file__).parent / "static"
+ASSETS = {"editor.js": "text/javascript", "signin.js": "text/javascript", "editor.css": "text/css"}
+COOKIE = "abn_editor_session"
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+# What a gRPC status means to the expert: the HTTP status and the words before the service's own message.
+HTTP_OF = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "Refused"),
+    grpc.StatusCode.NOT_FOUND: (404, "Not found"),
+    grpc.StatusCode.FAILED_PRECONDITION: (409, "Not possible now"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "Already stored differently"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "Your sign-in is no longer valid"),
+    grpc.StatusCode.PERMISSION_DENIED: (401, "Your sign-in is no longer valid"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (413, "Too large"),
+}
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+@dataclass
+class EditorConfig:
+    address: str = field(default_factory=lambda: f"{settings.default_host()}:{settings.EDITOR_PORT}")
+    target: Target = field(default_factory=Target)  # TorchServe
+    model: str = settings.MODEL_NAME  # the model an uploaded image is predicted by
+    feedback: str = f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}"
+    feedback_ca: str | None = None  # PEM of the feedback service's CA, when it serves TLS
+    classes: dict[str, list[str]] = field(default_factory=dict)  # model name -> class names, for the class list
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+# ---- what the API reads and writes
+
+
+class MapJSON(BaseModel):
+    height: int = Field(ge=wire.MIN_MAP_SIDE, le=wire.MAX_MAP_SIDE)
+    width: int = Field(ge=wire.MIN_MAP_SIDE, le=wire.MAX_MAP_SIDE)
+    values: list[float] = Field(description="height * width values in [0, 1], row-major; 1 = attend")
+
+
+class SignIn(BaseModel):
+    token: str = Field(max_length=512, description="the token `abn experts add NAME` printed")
+
+
+class Filters(BaseModel):
+    model: str = Field("", max_length=settings.MAX_TEXT)
+    label: str = Field("", max_length=settings.MAX_TEXT)
+
+
+class PredictIn(BaseModel):
+    review_id: str = Field("", max_length=settings.MAX_TEXT, description="a queue item's image, or:")
+    image: str = Field("", description="an image file's bytes, base64")
+    attention: MapJSON | None = Field(None, description="a map to apply instead of the model's (Try it)")
+
+
+class CorrectionIn(BaseModel):
+    review_id: str = Field("", max_length=settings.MAX_TEXT, description="the claimed queue item, or:")
+    image: str = Field("", description="an uploaded image's bytes, base64")
+    attention: MapJSON
+    label: str = Field("", max_length=settings.MAX_TEXT, description="the class the expert chose")
+    predicted_label: str = Field("", max_length=settings.MAX_TEXT)
+    prediction_id: str = Field("", max_length=settings.MAX_TEXT)
+    model_name: str = Field("", max_length=settings.MAX_TEXT)
+    model_version: str = Field("", max_length=settings.MAX_TEXT)
+    idempotency_key: str = Field(min_length=8, max_length=128, description="one per edit: a retry stores once")
+
+
+# ---- conversions
+
+
+def _map_json(m) -> dict:
+    return {"height": m.height, "width": m.width, "values": [round(v, 4) for v in m.values]}
+
+
+def _map_array(m: MapJSON) -> np.ndarray:
+    if len(m.values) != m.height * m.width:
+        raise HTTPException(400, f"The map is {m.height}x{m.width} but has {len(m.values)} values")
+    values = np.asarray(m.values, dtype=np.float32).reshape(m.height, m.width)
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        raise HTTPException(400, "The map's values must be numbers between 0 and 1")
+    return values
+
+
+def _prediction_json(p: Prediction) -> dict:
+    return {
+        "prediction_id": p.prediction_id,
+        "model_name": p.model_name,
+        "model_version": p.model_version,
+        "scores": [{"index": s.index, "label": s.label, "probability": s.probability} for s in p.scores],
+        "attention": _map_json(p.attention),
+        "attention_supplied": p.attention_supplied,
+    }
+
+
+def _summary(item: review_pb2.ReviewItem, expert: str) -> dict:
+    p = item.prediction
+    return {
+        "id": item.id,
+        "model_name": p.model_name,
+        "model_version": p.model_version,
+        "predicted_label": p.scores[0].label if p.scores else "",
+        "confidence": p.scores[0].probability if p.scores else 0.0,
+        "priority": item.priority,
+        "reason": item.reason,
+        "claimed_by_me": item.claimed_by == expert,
+        "image_url": f"/api/queue/{item.id}/image",
+    }
+
+
+def _claimed(item: review_pb2.ReviewItem, expert: str) -> dict:
+    width, height = _open(item.image).size
+    return {
+        **_summary(item, expert),
+        "prediction_id": item.prediction.prediction_id,
+        "scores": _prediction_json(item.prediction)["scores"],
+        "attention": _map_json(item.prediction.attention),
+        "image_width": width,
+        "image_height": height,
+        "lease_expires": item.lease_expire_time.ToNanoseconds() / 1e9,
+    }
+
+
+def _open(image: bytes):
+    try:
+        return open_image(image, "image")
+    except ImageError as e:
+        raise HTTPException(400, f"The image cannot be used: {e}") from None
+
+
+def _decode(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(400, "The image did not arrive intact (not base64); send the file again") from None
+
+
+# ---- sessions
+
+
+@dataclass
+class Session:
+    expert: str
+    token: str
+    expires: float
+
+
+class Sessions:
+    """Session id (the cookie) -> the expert and their token, in memory."""
+
+    def __init__(self, lifetime: float = settings.EDITOR_SESSION_S):
+        self.lifetime = lifetime
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def start(self, expert: str, token: str) -> str:
+        sid = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._lock:
+            self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
+            self._sessions[sid] = Session(expert, token, now + self.lifetime)
+        return sid
+
+    def get(self, sid: str | None) -> Session | None:
+        with self._lock:
+            s = self._sessions.get(sid or "")
+        return s if s is not None and s.expires > time.time() else None
+
+    def end(self, sid: str | None) -> None:
+        with self._lock:
+            self._sessions.pop(sid or "", None)
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose body passes limit bytes is answered 413, however it is sent."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def bounded():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, bounded, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = b'{"detail": "The request is too large: send an image of at most %d MB"}' % (self.limit // 2**21)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = None) -> FastAPI:
+    """The gateway's application, calling the services through client."""
+    sessions = sessions or Sessions()
+    app = FastAPI(
+        title="abn attention editor",
+        summary="The editor page's JSON API: the review queue, predictions and corrections, for a signed-in expert.",
+        version="1",
+        docs_url=None,  # FastAPI's documentation pages load their scripts from a CDN
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    app.add_middleware(BodyLimit, limit=settings.EDITOR_MAX_BODY_BYTES)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.method not in ("GET", "HEAD"):
+            origin = request.headers.get("origin")
+            if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+                return _headers(JSONResponse({"detail": "Cross-origin requests are refused"}, 403))
+            if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+                return _headers(JSONResponse({"detail": "Send JSON (Content-Type: application/json)"}, 415))
+        return _headers(await call_next(request))
+
+    def _headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        fields = "; ".join(f"{'.'.join(str(x) for x in err['loc'][1:])}: {err['msg']}" for err in e.errors()[:5])
+        return JSONResponse({"detail": f"The request is not what the editor sends: {fields}"}, 400)
+
+    @app.exception_handler(grpc.RpcError)
+    async def rpc_error(request: Request, e: grpc.RpcError):
+        code = e.code()
+        if code in UNREACHABLE:
+            what = "the model server" if request.url.path == "/api/predict" else "the feedback service"
+            return JSONResponse({"detail": f"The editor cannot reach {what} now; try again in a minute"}, 503)
+        status, words = HTTP_OF.get(code, (502, "The service failed"))
+        if status == 401:
+            sessions.end(request.cookies.get(COOKIE))
+        return JSONResponse({"detail": f"{words}: {e.details()}"}, status)
+
+    def session(abn_editor_session: Annotated[str | None, Cookie()] = None) -> Session:
+        s = sessions.get(abn_editor_session)
+        if s is None:
+            raise HTTPException(401, "Sign in first: your session is missing or has ended")
+        return s
+
+    Signed = Annotated[Session, Depends(session)]
+
+    def feedback(s: Session):
+        return client.feedback.with_token(s.token)
+
+    # ---- pages
+
+    @app.get("/", include_in_schema=False)
+    def page(abn_editor_session: Annotated[str | None, Cookie()] = None):
+        return FileResponse(STATIC / ("index.html" if sessions.get(abn_editor_session) else "signin.html"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def asset(name: str):
+        if name not in ASSETS:
+            raise HTTPException(404, "No such file")
+        return FileResponse(STATIC / name, media_type=ASSETS[name])
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(s: Signed):
+        return app.openapi()
+
+    # ---- the API
+
+    @app.post("/api/session", status_code=204, tags=["session"])
+    def sign_in(body: SignIn, response: Response):
+        """Sign in with an expert's token; sets the session cookie."""
+        try:
+            expert = client.feedback.with_token(body.token).caller()
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise HTTPException(401, "That token is not an expert's: ask for one (abn experts add NAME)") from None
+            raise
+        if not expert:
+            raise HTTPException(401, "That is the service's token, not an expert's: sign in with your own")
+        sid = sessions.start(expert, body.token)
+        response.set_cookie(COOKIE, sid, max_age=int(sessions.lifetime), httponly=True, samesite="strict", path="/")
+
+    @app.delete("/api/session", status_code=204, tags=["session"])
+    def sign_out(response: Response, abn_editor_session: Annotated[str | None, Cookie()] = None):
+        """End the session."""
+        sessions.end(abn_editor_session)
+        response.delete_cookie(COOKIE, path="/")
+
+    @app.get("/api/me", tags=["session"])
+    def me(s: Signed) -> dict:
+        """The signed-in expert."""
+        return {"expert": s.expert}
+
+    @app.get("/api/models", tags=["models"])
+    def models(s: Signed) -> dict:
+        """The models the editor knows, with their classes (the choices for a corrected class)."""
+        return {"models": [{"name": name, "classes": classes} for name, classes in cfg.classes.items()]}
+
+    @app.get("/api/queue", tags=["queue"])
+    def queue(s: Signed, model: str = "", label: str = "", limit: int = settings.REVIEW_LIST_DEFAULT) -> dict:
+        """Items waiting for review, highest priority first; items other experts hold are left out."""
+        limit = max(1, min(limit, settings.REVIEW_LIST_MAX))
+        return {"items": [_summary(i, s.expert) for i in feedback(s).review_items(model, label, limit)]}
+
+    @app.get("/api/queue/{review_id}/image", tags=["queue"], response_class=Response)
+    def queue_image(review_id: str, s: Signed) -> Response:
+        """A queue item's image as PNG (any format the service accepts, made displayable)."""
+        image = _open(feedback(s).review_item(review_id).image)
+        out = io.BytesIO()
+        image.save(out, "PNG")
+        return Response(out.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.post("/api/queue/next", tags=["queue"])
+    def claim_next(body: Filters, s: Signed) -> dict:
+        """Claim the waiting item of highest priority (with the filters) for the lease."""
+        return _claimed(feedback(s).claim(model_name=body.model, label=body.label), s.expert)
+
+    @app.post("/api/queue/{review_id}/claim", tags=["queue"])
+    def claim(review_id: str, s: Signed) -> dict:
+        """Claim this item (or renew the claim on it)."""
+        return _claimed(feedback(s).claim(review_id), s.expert)
+
+    @app.post("/api/queue/{review_id}/skip", status_code=204, tags=["queue"])
+    def skip(review_id: str, s: Signed) -> None:
+        """Give the item back: it waits for the other experts."""
+        feedback(s).release(review_id)
+
+    def _image(body: PredictIn | CorrectionIn, s: Session) -> bytes:
+        if bool(body.review_id) == bool(body.image):
+            raise HTTPException(400, "Send either a queue item (review_id) or an image, not both or neither")
+        return feedback(s).review_item(body.review_id).image if body.review_id else _decode(body.image)
+
+    @app.post("/api/predict", tags=["predictions"])
+    def predict(body: PredictIn, s: Signed) -> dict:
+        """Classify a queue item's image or an uploaded one; with attention, apply that map (Try it)."""
+        image = _image(body, s)
+        attention = _map_array(body.attention) if body.attention else None
+        try:
+            p = client.predict(image, settings.EDITOR_TOP_K, attention, model=cfg.model)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise HTTPException(400, f"The model refused the image: {e.details()}") from None
+            raise
+        return _prediction_json(p)
+
+    @app.post("/api/corrections", tags=["corrections"])
+    def correct(body: CorrectionIn, s: Signed) -> dict:
+        """Store the painted map (and class) as a correction by the signed-in expert; for a queue item, this
+        closes it. A retry with the same idempotency_key stores nothing new."""
+        made_by = Prediction(
+            prediction_id=body.prediction_id, model_name=body.model_name, model_version=body.model_version
+        )
+        answer = feedback(s).submit(
+            _image(body, s),
+            _map_array(body.attention),
+            made_by,
+            label=body.label,
+            idempotency_key=body.idempotency_key,
+            predicted_label=body.predicted_label,
+            review_id=body.review_id,
+        )
+        return {"id": answer.id, "created": answer.created}
+
+    return app
+
+
+class EditorServer:
+    """The gateway, served by uvicorn in a thread of this process; port is the one it listens on."""
+
+    def __init__(self, cfg: EditorConfig, client: Client):
+        settings.check_host(cfg.host, "the editor")
+        config = uvicorn.Config(
+            create_app(cfg, client), host=cfg.host, port=cfg.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="editor", daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise OSError(f"the editor could not listen on {cfg.address} (is the port taken?)")
+            time.sleep(0.05)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(settings.SHUTDOWN_GRACE_S)
