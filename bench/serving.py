@@ -2,8 +2,10 @@
 
 For the same model and images, at concurrency 1, 8 and 32:
   (a) TorchServe over gRPC (ONNX backend, dynamic batching), through serving.client;
-  (b) ONNX Runtime in-process, one request per call;
-  (c) PyTorch eager in-process, one request per call.
+  (b) the attention editor's gateway: POST /api/predict (HTTP/1.1 keep-alive, the image in base64 JSON, a
+      signed-in expert's session), which calls (a) and answers JSON;
+  (c) ONNX Runtime in-process, one request per call;
+  (d) PyTorch eager in-process, one request per call.
 Every path decodes the PNG and preprocesses it as the handler does. Models:
 abn_small at 32x32 and abn_resnet18 at 224x224 (untrained weights: speed does
 not depend on them). Prints a table and writes serving.json into --out.
@@ -14,7 +16,10 @@ not depend on them). Prints a table and writes serving.json into --out.
 """
 
 import argparse
+import base64
+import http.client
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,10 @@ from finetune.images import image_tensor, normalize, open_image
 from finetune.model import create_model
 from handlers.backends import OnnxBackend, TorchBackend, threads_per_worker
 from serving.client import Client
+from serving.editor.gateway import EditorConfig, EditorServer
+from serving.feedback import experts
+from serving.feedback.server import FeedbackServer
+from serving.feedback.store import SQLiteStore
 from serving.torchserve import archive
 from serving.torchserve.config import ServeConfig
 from serving.torchserve.process import TorchServe
@@ -64,6 +73,38 @@ def in_process(backend, meta: dict):
     return call
 
 
+def signed_in(port: int, token: str) -> str:
+    """The session cookie of an expert signed in to the editor at port."""
+    conn = http.client.HTTPConnection(f"127.0.0.1:{port}")
+    conn.request("POST", "/api/session", json.dumps({"token": token}), {"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    answer.read()
+    assert answer.status == 204, answer.status
+    return answer.headers["Set-Cookie"].split(";")[0]
+
+
+def through_gateway(port: int, cookie: str):
+    local = threading.local()  # a keep-alive connection per thread, as a browser keeps one
+
+    def call(image: bytes):
+        body = json.dumps({"image": base64.b64encode(image).decode()})
+        for attempt in range(2):  # the server closes a connection left idle (5 s): open a new one, once
+            if attempt or not hasattr(local, "conn"):
+                local.conn = http.client.HTTPConnection(f"127.0.0.1:{port}")
+            try:
+                local.conn.request("POST", "/api/predict", body, {"Content-Type": "application/json", "Cookie": cookie})
+                answer = local.conn.getresponse()
+                break
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                if attempt:
+                    raise
+        data = answer.read()
+        assert answer.status == 200, data[:200]
+        return data
+
+    return call
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench-serving")
@@ -95,15 +136,24 @@ def main() -> None:
         )
     cfg = ServeConfig.on_free_ports(out / "serve", store, {metas[a]["name"]: paths[a].name for a in MODELS})
     results = []
+    store = SQLiteStore(out / "feedback.db")
+    token = experts.add(store, f"bench-{len(store.experts())}")
+    feedback = FeedbackServer(store, "127.0.0.1:0")
     with TorchServe(cfg):
-        client = Client.for_services(cfg)
+        client = Client.for_services(cfg, f"127.0.0.1:{feedback.port}")
         for (arch, size), requests in zip(MODELS.items(), args.requests):
+            gateway = EditorServer(
+                EditorConfig(address="127.0.0.1:0", target=cfg.target, model=metas[arch]["name"],
+                             feedback=f"127.0.0.1:{feedback.port}"),
+                client,
+            )  # fmt: skip
             meta, data = metas[arch], noise_pngs(64, size)
             onnx_path = out / f"{arch}.onnx"
             model, _ = checkpoint.load(out / f"{arch}.pt")
             onnx_export.export(model, meta, onnx_path)
             calls = {
                 "torchserve-grpc": lambda im, a=meta["name"]: client.predict(im, model=a),
+                "editor-gateway": through_gateway(gateway.port, signed_in(gateway.port, token)),
                 "onnxruntime": in_process(OnnxBackend(onnx_path, threads), meta),
                 "pytorch-eager": in_process(TorchBackend(out / f"{arch}.pt", threads), meta),
             }
@@ -117,7 +167,10 @@ def main() -> None:
                         f"{r['per_second']:8.1f}/s",
                         flush=True,
                     )
+            gateway.stop()
         client.close()
+    feedback.stop()
+    store.close()
 
     def cell(arch, path, c):
         return next(r for r in results if r["model"] == arch and r["path"] == path and r["concurrency"] == c)
@@ -128,6 +181,16 @@ def main() -> None:
         ratios[arch] = {
             "torchserve_p50_over_onnxruntime_p50_at_c1": cell(arch, "torchserve-grpc", c1)["p50_ms"]
             / cell(arch, "onnxruntime", c1)["p50_ms"],
+            **{
+                f"gateway_p50_over_grpc_p50_at_c{c}": cell(arch, "editor-gateway", c)["p50_ms"]
+                / cell(arch, "torchserve-grpc", c)["p50_ms"]
+                for c in args.concurrency
+            },
+            **{
+                f"gateway_over_grpc_throughput_at_c{c}": cell(arch, "editor-gateway", c)["per_second"]
+                / cell(arch, "torchserve-grpc", c)["per_second"]
+                for c in args.concurrency
+            },
             **{
                 f"onnxruntime_over_eager_throughput_at_c{c}": cell(arch, "onnxruntime", c)["per_second"]
                 / cell(arch, "pytorch-eager", c)["per_second"]

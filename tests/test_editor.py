@@ -22,13 +22,13 @@ from finetune import decoy_digits, train
 from handlers.stubs.abn.v1 import review_pb2
 from serving import retraining, review
 from serving.client import Client
-from serving.editor.gateway import EditorConfig, EditorServer
+from serving.editor.gateway import EditorConfig, EditorServer, create_app
 from serving.feedback import experts
 from serving.feedback.server import FeedbackServer, write_token
 from serving.feedback.service import known_classes
 from serving.feedback.store import SQLiteStore
 from serving.torchserve import archive
-from serving.torchserve.config import ServeConfig
+from serving.torchserve.config import ServeConfig, free_port
 from serving.torchserve.process import TorchServe
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -130,6 +130,11 @@ def map_at(page: Page, x: int, y: int) -> float:
 def test_an_expert_paints_tries_and_submits_and_a_second_expert_never_sees_the_claim(stack, tmp_path):
     ana, bo = sign_in(stack, "ana"), sign_in(stack, "bo")
     assert len(ana.query_selector_all("li.queue-item")) == QUEUED
+    unlabelled = ana.evaluate(
+        "[...document.querySelectorAll('input, select, button')].filter(e => !(e.labels && e.labels.length)"
+        " && !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.id)"
+    )
+    assert unlabelled == []  # every control has a label a screen reader can say
     ana.click("#next")
     item_id = poll(ana, "window.editorState().itemId")
     state = ana.evaluate("window.editorState()")
@@ -250,6 +255,19 @@ def test_a_corrupt_upload_shows_its_error_on_the_page(stack, tmp_path):
     assert page.evaluate("[window.editorState().width, window.editorState().height]") == [192, 256]
 
 
+def test_a_service_that_is_down_is_said_in_plain_words(stack):
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with Client.for_services(stack["cfg"], down) as client:
+        editor = EditorServer(EditorConfig(address="127.0.0.1:0", target=stack["cfg"].target, feedback=down), client)
+        page = stack["browser"].new_context().new_page()
+        page.goto(f"http://127.0.0.1:{editor.port}")
+        page.fill("#token", stack["tokens"]["ana"])
+        page.click("#signin-button")
+        poll(page, "document.querySelector('#signin-error').textContent.length > 0")
+        assert "cannot reach the feedback service" in page.text_content("#signin-error")
+        editor.stop()
+
+
 def test_corrections_from_the_editor_are_consumed_by_retraining(stack):
     """After the first test stored two corrections: retraining consumes them and version 2 answers."""
     cfg = stack["cfg"]
@@ -268,3 +286,11 @@ def test_corrections_from_the_editor_are_consumed_by_retraining(stack):
     assert not list(stack["admin"].list_feedback(pending=True))
     image = (stack["root"] / "queue" / "0.png").read_bytes()
     assert stack["admin"].predict(image).model_version == "2"
+
+
+def test_the_http_api_is_documented():
+    app = create_app(EditorConfig(), Client())
+    documented = (REPO / "docs" / "api.md").read_text()
+    for path, operations in app.openapi()["paths"].items():
+        for method in operations:
+            assert f"`{method.upper()} {path}`" in documented, f"docs/api.md does not list {method.upper()} {path}"
