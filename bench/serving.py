@@ -136,9 +136,9 @@ def main() -> None:
         )
     cfg = ServeConfig.on_free_ports(out / "serve", store, {metas[a]["name"]: paths[a].name for a in MODELS})
     results = []
-    store = SQLiteStore(out / "feedback.db")
-    token = experts.add(store, f"bench-{len(store.experts())}")
-    feedback = FeedbackServer(store, "127.0.0.1:0")
+    feedback_store = SQLiteStore(out / "feedback.db")
+    token = experts.add(feedback_store, f"bench-{len(feedback_store.experts())}")
+    feedback = FeedbackServer(feedback_store, "127.0.0.1:0")
     with TorchServe(cfg):
         client = Client.for_services(cfg, f"127.0.0.1:{feedback.port}")
         for (arch, size), requests in zip(MODELS.items(), args.requests):
@@ -170,7 +170,7 @@ def main() -> None:
             gateway.stop()
         client.close()
     feedback.stop()
-    store.close()
+    feedback_store.close()
 
     def cell(arch, path, c):
         return next(r for r in results if r["model"] == arch and r["path"] == path and r["concurrency"] == c)

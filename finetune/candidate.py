@@ -2,11 +2,15 @@
 
 The corrections arrive as plain values (Correction), so this part of the loop
 knows nothing of the services that collected them. The candidate is
-fine-tuned on the corrections plus the model's own training data when it came
-from a built-in set, and scored beside the served model on the same held-out
-data: the model's validation split when known, plus kept-back corrections.
+fine-tuned on the corrections plus a replay of the model's own training data
+(the built-in set, or the image folder its checkpoint records, or one given
+instead), so that it learns the corrections without forgetting the rest. It
+is scored beside the served model on trusted data that feedback cannot touch
+(the model's own validation split, and a gate folder when given) and on the
+kept-back corrections (finetune.gate judges the figures).
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +19,8 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from finetune import checkpoint, data, knowledge
-from finetune.data import DataConfig, TensorSet
-from finetune.evaluate import evaluate, predict
+from finetune.data import DataConfig, DataError, ImageFolder, SizedSet, TensorSet
+from finetune.evaluate import correct, evaluate, predict
 from finetune.images import image_tensor, open_image, resize_map
 from finetune.model import ABN
 from finetune.visualize import map_rows
@@ -37,48 +41,71 @@ def correction_set(corrections: list[Correction], meta: dict) -> TensorSet:
     return TensorSet(images, labels, maps)
 
 
-def own_split(meta: dict, split: str) -> TensorSet | None:
-    """A split ("train", "val") of the model's own data, when it was trained on a built-in set."""
+def trained_on(meta: dict) -> dict:
+    """What the model's first ancestor was trained on (a fine-tuned model records its parent's)."""
     source = meta["trained_on"]
-    while "parent" in source:  # a fine-tuned model: its ancestor was trained on the data
+    while "parent" in source:
         source = source["parent"]
-    if source.get("data") not in data.BUILTIN:
-        return None
+    return source
+
+
+def own_split(meta: dict, split: str, folder: str | None = None) -> SizedSet:
+    """A split ("train", "val") of the model's own data: the built-in set it was trained on, or its image
+    folder (folder, when given, replaces the one recorded), split as training split it. DataError, naming the
+    option to give, when the folder is gone."""
+    source = trained_on(meta)
+    size = tuple(meta["input_size"])
+    if source.get("data") in data.BUILTIN and folder is None:
+        cfg = DataConfig(
+            decoy=source.get("decoy") or "glyph",
+            decoy_size=source.get("decoy_size"),
+            clean=source.get("decoy") is None,
+            data_seed=source.get("data_seed", 0),
+        )
+        own = data.builtin_split(cfg, split, size)
+        own.has_map[:] = False  # its object masks are not corrections
+        return own
+    root = folder or source.get("data")
+    if not root or not Path(root).is_dir():
+        raise DataError(
+            f"the model's training images are not at {root!r}: give the folder they are in now "
+            "(abn retrain --replay-data DIR) so that retraining can replay and check them"
+        )
+    val_data = None if folder else source.get("val_data")
     cfg = DataConfig(
-        decoy=source.get("decoy") or "glyph",
-        decoy_size=source.get("decoy_size"),
-        clean=source.get("decoy") is None,
-        data_seed=source.get("data_seed", 0),
+        data=root, val_data=val_data, val_fraction=source.get("val_fraction", 0.1), data_seed=source.get("data_seed", 0)
     )
-    own = data.builtin_split(cfg, split, tuple(meta["input_size"]))
-    own.has_map[:] = False  # its object masks are not corrections
-    return own
+    train, val = data.folder_splits(ImageFolder(root, size, classes=meta["classes"]), cfg, size)
+    return train if split == "train" else val
 
 
-def tune(parent: bytes, corrections: list[Correction], cfg: knowledge.TuneConfig) -> tuple[ABN, list[dict]]:
-    """The parent checkpoint (bytes) fine-tuned on the corrections (plus its own training data, when known);
-    and the per-epoch losses."""
+def tune(
+    parent: bytes, corrections: list[Correction], cfg: knowledge.TuneConfig, replay: SizedSet | None
+) -> tuple[ABN, list[dict]]:
+    """The parent checkpoint (bytes) fine-tuned on the corrections plus replay (its own training data, every
+    image of it in every epoch, as `abn finetune` does; None: the corrections alone); and the per-epoch
+    losses."""
     model, meta = checkpoint.load(parent)
-    own_train = own_split(meta, "train")
-    training: Dataset = ConcatDataset([correction_set(corrections, meta)] + ([own_train] if own_train else []))
+    training: Dataset = ConcatDataset([correction_set(corrections, meta)] + ([replay] if replay is not None else []))
     return model, knowledge.fine_tune(model, training, meta["mean"], meta["std"], cfg)
 
 
-def score(parent: bytes, candidate: ABN, check: list[Correction], figure: Path | None = None) -> dict:
-    """Candidate and parent on the same held-out data: {"served" | "candidate": {"held_out": ...,
-    "check_feedback": ...}} (finetune.evaluate's figures) on check plus the model's own validation split, and
-    on check alone; their maps on check's first images drawn into figure."""
+def score(
+    parent: bytes, candidate: ABN, check: list[Correction], trusted: Mapping[str, Dataset], figure: Path | None = None
+) -> dict:
+    """Candidate and parent on the same data: {"check_feedback": {"served", "candidate"}: finetune.evaluate's
+    figures on the kept-back corrections}, and for each trusted set (name -> data set) {"served",
+    "candidate": figures, "correct": {"served", "candidate": per-image 0/1 lists}}; their maps on check's
+    first images drawn into figure."""
     served, meta = checkpoint.load(parent)
-    own_val = own_split(meta, "val")
     check_set = correction_set(check, meta)
-    held_out: ConcatDataset = ConcatDataset([check_set] + ([own_val] if own_val else []))
-    figures = {
-        name: {
-            "held_out": evaluate(m, held_out, meta["mean"], meta["std"]),
-            "check_feedback": evaluate(m, check_set, meta["mean"], meta["std"]),
+    pair = (("served", served), ("candidate", candidate))
+    figures: dict = {"check_feedback": {name: evaluate(m, check_set, meta["mean"], meta["std"]) for name, m in pair}}
+    for set_name, dataset in trusted.items():
+        figures[set_name] = {name: evaluate(m, dataset, meta["mean"], meta["std"]) for name, m in pair}
+        figures[set_name]["correct"] = {
+            name: correct(m, dataset, meta["mean"], meta["std"]).int().tolist() for name, m in pair
         }
-        for name, m in (("served", served), ("candidate", candidate))
-    }
     if figure is not None:
         _figure(served, candidate, check_set, meta, figure)
     return figures

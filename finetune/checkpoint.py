@@ -50,11 +50,11 @@ def metadata(
     }
 
 
-def next_version(meta: dict, trained_on: dict) -> dict:
-    """The metadata of a model derived from the one described by meta."""
+def next_version(meta: dict, trained_on: dict, version: int | None = None) -> dict:
+    """The metadata of a model derived from the one described by meta: version meta's + 1 unless given."""
     return {
         **meta,
-        "version": meta["version"] + 1,
+        "version": version or meta["version"] + 1,
         "parent_version": meta["version"],
         "trained_on": trained_on,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -194,6 +194,20 @@ def builtin_split(cfg: DataConfig, split: str, size: tuple[int, int]) -> TensorS
     return TensorSet(images, labels, masks)
 
 
+def folder_splits(folder: ImageFolder, cfg: DataConfig, size: tuple[int, int]) -> tuple[SizedSet, SizedSet]:
+    """(train, val) of an image folder: val_data when given, else a seeded share of the folder."""
+    if cfg.val_data:
+        return folder, ImageFolder(cfg.val_data, size, classes=folder.classes)
+    n_val = max(1, round(len(folder) * cfg.val_fraction))
+    if n_val >= len(folder):
+        raise DataError(
+            f"image folder {cfg.data} has {len(folder)} images: too few to hold {n_val} out "
+            "for validation; add images or give --val-data"
+        )
+    train, val = random_split(folder, [len(folder) - n_val, n_val], torch.Generator().manual_seed(cfg.data_seed))
+    return train, val
+
+
 def load(cfg: DataConfig, size: tuple[int, int]) -> Data:
     """The train/val (and, for built-in sets, test and decoy-only) splits named by the arguments."""
     if cfg.data in BUILTIN:
@@ -202,7 +216,7 @@ def load(cfg: DataConfig, size: tuple[int, int]) -> Data:
         std = [float(tensors.images.std())] * 3
         splits = ("test",) + (() if cfg.clean else ("decoy-only",))
         evals: dict[str, SizedSet] = {s: builtin_split(cfg, s, size) for s in splits}
-        source = {
+        source: dict = {
             "data": cfg.data,
             "decoy": None if cfg.clean else cfg.decoy,
             "decoy_size": None if cfg.clean else (cfg.decoy_size or decoy_digits.DEFAULT_DECOY_SIZE[cfg.decoy]),
@@ -212,23 +226,16 @@ def load(cfg: DataConfig, size: tuple[int, int]) -> Data:
         return Data(decoy_digits.CLASSES, tensors, builtin_split(cfg, "val", size), mean, std, source, evals)
 
     folder = ImageFolder(cfg.data, size, cfg.maps)
-    train: SizedSet
-    val: SizedSet
-    if cfg.val_data:
-        train, val = folder, ImageFolder(cfg.val_data, size, classes=folder.classes)
-    else:
-        n_val = max(1, round(len(folder) * cfg.val_fraction))
-        if n_val >= len(folder):
-            raise DataError(
-                f"image folder {cfg.data} has {len(folder)} images: too few to hold {n_val} out "
-                "for validation; add images or give --val-data"
-            )
-        train, val = random_split(folder, [len(folder) - n_val, n_val], torch.Generator().manual_seed(cfg.data_seed))
+    train, val = folder_splits(folder, cfg, size)
     source = {
         "data": str(Path(cfg.data).resolve()),
         "maps": str(Path(cfg.maps).resolve()) if cfg.maps else None,
         "train_samples": len(train),
         "maps_count": folder.map_count,
+        # the validation split, so that retraining can rebuild it as its trusted check
+        "val_data": str(Path(cfg.val_data).resolve()) if cfg.val_data else None,
+        "val_fraction": cfg.val_fraction,
+        "data_seed": cfg.data_seed,
     }
     return Data(folder.classes, train, val, IMAGENET_MEAN, IMAGENET_STD, source)
 

@@ -43,6 +43,19 @@ def evaluate(model: ABN, dataset: Dataset, mean: list[float], std: list[float], 
     return result
 
 
+@torch.no_grad()
+def correct(model: ABN, dataset: Dataset, mean: list[float], std: list[float], batch_size: int = 256) -> torch.Tensor:
+    """Per item of dataset, in order: whether the perception branch predicts its label (for paired tests)."""
+    was_training = model.training
+    model.eval()
+    hits = [
+        model(normalize(b["image"], mean, std)).logits.argmax(1) == b["label"]
+        for b in DataLoader(dataset, batch_size=batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(hits)
+
+
 def attention_agreement(
     attention: torch.Tensor, region: torch.Tensor, threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ import json
 import logging
 import sqlite3
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +21,7 @@ import psycopg
 from finetune import checkpoint, data, decoy_digits, knowledge, train
 from finetune.data import DataConfig, DataError
 from finetune.evaluate import evaluate
+from finetune.gate import GateConfig
 from finetune.knowledge import TuneConfig
 from finetune.model import list_models
 from serving import demo, retraining, review, services, settings
@@ -28,7 +30,8 @@ from serving.editor.gateway import EditorConfig
 from serving.feedback import experts, transfer
 from serving.feedback.service import known_classes
 from serving.feedback.store import open_store
-from serving.torchserve import archive
+from serving.torchserve import archive, served
+from serving.torchserve.client import TorchServeClient
 from serving.torchserve.config import ServeConfig, Target
 
 T = TypeVar("T")
@@ -278,7 +281,9 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> None:
-    cfg = _config(retraining.RetrainConfig, args, target=_target(args), tune=_tune_config(args))
+    cfg = _config(
+        retraining.RetrainConfig, args, target=_target(args), tune=_tune_config(args), gate=_config(GateConfig, args)
+    )
     if cfg.schedule:
         retraining.run_on_schedule(cfg)
     else:
@@ -293,10 +298,30 @@ def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model-store", default=d.model_store, help="TorchServe's model store")
     g.add_argument("--workdir", default=d.workdir, help="lock, run folders and reports")
     _target_arguments(g)
-    g.add_argument("--min-feedback", type=int, default=d.min_feedback, help="fewest pending corrections worth a run")
+    g.add_argument(
+        "--min-feedback", type=int, default=d.min_feedback, help="fewest pending corrected images worth a run"
+    )
     g.add_argument("--holdout", type=float, default=d.holdout, help="share of the feedback kept back to check")
     g.add_argument(
-        "--max-drop", type=float, default=d.max_drop, help="largest fall of held-out accuracy that still promotes"
+        "--max-author-share",
+        type=float,
+        default=d.max_author_share,
+        help="most of a run one author may make, where several sent corrections",
+    )
+    g.add_argument("--replay-data", help="the model's training images, when not where its checkpoint says")
+    g.add_argument("--gate-data", help="image folder (one sub-folder per class) to check the candidate on too")
+    g.add_argument(
+        "--max-drop",
+        type=float,
+        default=d.gate.max_drop,
+        help="largest fall of accuracy on a trusted set that still promotes (judged by its confidence interval)",
+    )
+    g.add_argument("--confidence", type=float, default=d.gate.confidence, help="of the gate's intervals")
+    g.add_argument(
+        "--attention-tolerance",
+        type=float,
+        default=d.gate.attention_tolerance,
+        help="largest fall of attention IoU or share on the kept-back corrections that still promotes",
     )
     g.add_argument("--fail-at", choices=retraining.STEPS, help="fail on purpose at this step (for tests)")
     g.add_argument("--schedule", help='a cron expression, e.g. "0 3 * * *": keep running, one run per slot')
@@ -304,6 +329,7 @@ def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> None:
+    _tls_pair(args.editor_tls_cert, args.editor_tls_key, "the editor")
     services.up(
         services.UpConfig(
             serve=_serve_config(args),
@@ -311,7 +337,9 @@ def _cmd_up(args: argparse.Namespace) -> None:
             model_out=args.out,
             epochs=args.epochs,
             retrain_schedule=args.retrain_schedule,
-            editor=None if args.no_editor else EditorConfig(address=args.editor_address),
+            editor=None
+            if args.no_editor
+            else EditorConfig(address=args.editor_address, tls_cert=args.editor_tls_cert, tls_key=args.editor_tls_key),
         )
     )
 
@@ -325,10 +353,18 @@ def _up_arguments(p: argparse.ArgumentParser) -> None:
     _feedback_arguments(p.add_argument_group("feedback service"))
     p.add_argument("--retrain-schedule", help='also run `abn retrain` on this cron schedule, e.g. "0 3 * * *"')
     p.add_argument("--editor-address", default=EditorConfig().address, help="the attention editor's host:port")
+    p.add_argument("--editor-tls-cert", help="PEM certificate chain; with --editor-tls-key, the editor serves HTTPS")
+    p.add_argument("--editor-tls-key", help="PEM private key of the editor")
     p.add_argument("--no-editor", action="store_true", help="do not start the attention editor")
 
 
+def _tls_pair(cert: str | None, key: str | None, what: str) -> None:
+    if bool(cert) != bool(key):
+        raise ValueError(f"{what}: the TLS certificate and key go together: give both, or neither")
+
+
 def _cmd_editor(args: argparse.Namespace) -> None:
+    _tls_pair(args.tls_cert, args.tls_key, "abn editor")
     services.editor(
         EditorConfig(
             address=args.address,
@@ -337,6 +373,8 @@ def _cmd_editor(args: argparse.Namespace) -> None:
             feedback=args.feedback,
             feedback_ca=args.feedback_ca,
             classes=known_classes(args.checkpoint),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     )
 
@@ -355,6 +393,8 @@ def _editor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", nargs="*", default=[], help="checkpoints of the served models: their classes are the choices"
     )
+    p.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key, serve HTTPS")
+    p.add_argument("--tls-key", help="PEM private key")
 
 
 def _with_store(args: argparse.Namespace, work):
@@ -417,6 +457,42 @@ def _cmd_feedback_stats(args: argparse.Namespace) -> None:
         print(json.dumps(store.stats(args.model), indent=2))
     finally:
         store.close()
+
+
+def _cmd_feedback_reject(args: argparse.Namespace) -> None:
+    def reject(store) -> int:
+        ids = args.id or store.ids_of(rejected=False, author=args.author)
+        return store.mark_rejected(ids, f"operator {datetime.now(UTC).isoformat(timespec='seconds')}")
+
+    print(f"{_with_store(args, reject)} pending corrections marked rejected")
+
+
+def _cmd_feedback_requeue(args: argparse.Namespace) -> None:
+    def requeue(store) -> int:
+        return store.requeue(args.id or store.ids_of(rejected=True, author=args.author, rejected_by=args.run))
+
+    print(f"{_with_store(args, requeue)} rejected corrections pending again")
+
+
+def _selection_arguments(p: argparse.ArgumentParser, runs: bool) -> None:
+    _store_argument(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", nargs="+", help="these corrections")
+    which.add_argument("--author", help="every one of this author's")
+    if runs:
+        which.add_argument("--run", help="every one this retraining run rejected")
+
+
+def _cmd_rollback(args: argparse.Namespace) -> None:
+    with TorchServeClient(_target(args), model=args.model) as client:
+        before, after = served.rollback(client, served.ServedRecord(args.model_store, args.model))
+    print(f"{args.model}: version {after} is the default again (was {before}); a restart serves it too")
+
+
+def _rollback_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=settings.MODEL_NAME, help="served model name")
+    p.add_argument("--model-store", default=settings.MODEL_STORE, help="TorchServe's model store")
+    _target_arguments(p)
 
 
 def _cmd_feedback_export(args: argparse.Namespace) -> None:
@@ -539,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--from", dest="source", required=True, help="store to read")
     p.add_argument("--to", dest="target", required=True, help="store to write")
+    p = _command(fsub, "reject", "set pending corrections aside: retraining will not use them", _cmd_feedback_reject)
+    _selection_arguments(p, runs=False)
+    p = _command(fsub, "requeue", "make rejected corrections pending again", _cmd_feedback_requeue)
+    _selection_arguments(p, runs=True)
     p = _command(
         fsub,
         "backup",
@@ -548,6 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="the new file")
 
+    _command(
+        sub,
+        "rollback",
+        "make the version before the served one the default again, and record it",
+        _cmd_rollback,
+        _rollback_arguments,
+    )
     _command(
         sub,
         "editor",

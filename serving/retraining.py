@@ -2,11 +2,14 @@
 
 One run:
   1. takes a lock (a second run exits cleanly, saying so);
-  2. snapshots the pending feedback for the served model (stops, saying so, when there is too little);
-  3. fine-tunes the served version (read out of its .mar) with finetune.candidate, on the feedback minus a
-     kept-back share, plus the model's own training data when it is a built-in set;
-  4. evaluates candidate and served model on the same held-out data (the model's validation split when
-     known, plus the kept-back feedback) and refuses to promote when accuracy falls by more than a margin;
+  2. snapshots the pending feedback for the served model, one correction per image (select), and stops,
+     saying so, when there is too little;
+  3. fine-tunes the served version (read out of its .mar) with finetune.candidate, on the corrections minus
+     a kept-back share, replaying the model's own training data (the built-in set, or the image folder its
+     checkpoint records, or --replay-data);
+  4. scores candidate and served model on trusted data (the model's validation split, a gate folder when
+     given) and on the kept-back corrections; finetune.gate decides, and a refused run marks the
+     corrections it used rejected by it, so they are not tried again unless requeued;
   5. builds the .mar of version N+1 with the served archive's settings (the ONNX export is checked against
      PyTorch inside);
   6. promotes it (serving.torchserve.served): registers it, makes it the default, sends one live prediction;
@@ -19,7 +22,9 @@ without training again. fail_at makes a run fail at a step, so tests can cause e
 
 import fcntl
 import json
+import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +32,9 @@ from pathlib import Path
 import numpy as np
 from croniter import croniter
 
-from finetune import candidate, checkpoint
+from finetune import candidate, checkpoint, gate
+from finetune.data import ImageFolder
+from finetune.gate import GateConfig
 from finetune.knowledge import TuneConfig
 from serving import settings
 from serving.feedback.store import Item, open_store
@@ -45,12 +52,15 @@ class RetrainConfig:
     store: str = field(default_factory=settings.feedback_store)
     model_store: str = settings.MODEL_STORE
     workdir: str = settings.RETRAIN_WORKDIR  # lock, run folders and reports
-    min_feedback: int = 20  # fewest pending corrections worth a run
+    min_feedback: int = 20  # fewest pending corrections (distinct images) worth a run
     holdout: float = 0.2  # share of the feedback kept back to check
-    max_drop: float = 0.05  # largest fall of held-out accuracy that still promotes
+    max_author_share: float = 0.5  # most of a run's corrections one author may make, when several sent some
+    replay_data: str | None = None  # the model's training images, when not where its checkpoint says
+    gate_data: str | None = None  # an image folder representative of real use: a second trusted check
     fail_at: str | None = None  # fail on purpose at this step (one of STEPS), for tests
     schedule: str | None = None  # a cron expression: keep running, one run per slot
     tune: TuneConfig = field(default_factory=TuneConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
 
 def for_services(cfg: ServeConfig, **options) -> RetrainConfig:
@@ -64,6 +74,51 @@ class StepFailure(RuntimeError):
 
 def _corrections(items: list[Item]) -> list[candidate.Correction]:
     return [candidate.Correction(i.image, i.attention, i.label or i.predicted_label) for i in items]
+
+
+@dataclass
+class Selection:
+    chosen: list[Item]  # one correction per image: the one a run trains and checks on
+    superseded: list[Item]  # earlier corrections of the chosen images: they share the chosen one's fate
+    held_back: list[Item]  # beyond an author's share: they stay pending for a later run
+    conflicting_images: int  # images corrected differently (label or map) by different authors
+
+
+def _conflicting(corrections: list[Item]) -> bool:
+    """Different authors corrected one image differently (label or map)."""
+    answers = {(i.label or i.predicted_label, i.attention.tobytes()) for i in corrections}
+    return len({i.author for i in corrections}) > 1 and len(answers) > 1
+
+
+def select(items: list[Item], max_author_share: float) -> Selection:
+    """An image counts once: of its pending corrections (oldest first), the latest wins, whoever made it, so an
+    expert's second thought replaces the first and copies add nothing. Where several authors sent
+    corrections, none makes up more than max_author_share of the chosen ones: each author's latest are kept."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.image_sha256, []).append(item)
+    chosen = [g[-1] for g in groups.values()]
+    conflicts = sum(
+        1
+        for g in groups.values()
+        if len({i.author for i in g}) > 1
+        and len({(i.label or i.predicted_label, i.attention.tobytes()) for i in g}) > 1
+    )
+    held: list[Item] = []
+    counts = Counter(i.author for i in chosen)
+    while len(counts) > 1 and max_author_share < 1:
+        author, n = counts.most_common(1)[0]
+        others = len(chosen) - n
+        if n <= max_author_share * (n + others):
+            break
+        cap = max(1, math.floor(max_author_share / (1 - max_author_share) * others))
+        theirs = [i for i in chosen if i.author == author]
+        held += theirs[: n - cap]  # their oldest
+        chosen = [i for i in chosen if i.author != author] + theirs[n - cap :]
+        counts[author] = cap
+    held_ids = {i.id for i in held}
+    superseded = [i for g in groups.values() for i in g[:-1] if g[-1].id not in held_ids]
+    return Selection(sorted(chosen, key=lambda i: i.created), superseded, held, conflicts)
 
 
 class Retrain:
@@ -94,15 +149,25 @@ class Retrain:
         served_archive = Path(self.cfg.model_store) / archive_file
         parent = archive.checkpoint_of(served_archive)
         meta = checkpoint.read_metadata(parent)
-        items = [
+        pending_items = [
             i
             for i in self.store.items(consumed=False, model_name=self.cfg.model)
             if (i.label or i.predicted_label) in meta["classes"]
         ]
-        self.report.update(served_version=version, pending_feedback=len(items))
+        chosen = select(pending_items, self.cfg.max_author_share)
+        items = chosen.chosen
+        used = [i.id for i in items + chosen.superseded]
+        self.report.update(
+            served_version=version,
+            pending_feedback=len(pending_items),
+            distinct_images=len(items),
+            superseded=len(chosen.superseded),
+            held_back_by_author_share=len(chosen.held_back),
+            conflicting_images=chosen.conflicting_images,
+        )
         if len(items) < self.cfg.min_feedback:
             print(
-                f"retrain: {len(items)} pending corrections for {self.cfg.model}, fewer than "
+                f"retrain: {len(items)} corrected images pending for {self.cfg.model}, fewer than "
                 f"--min-feedback {self.cfg.min_feedback}: nothing to do"
             )
             self.report["outcome"] = "too_little_feedback"
@@ -110,30 +175,48 @@ class Retrain:
         order = np.random.default_rng(0).permutation(len(items))
         n_check = max(1, round(self.cfg.holdout * len(items)))
         check, tune = [items[i] for i in order[:n_check]], [items[i] for i in order[n_check:]]
+        replay = candidate.own_split(meta, "train", self.cfg.replay_data)
+        trusted = {"validation split": candidate.own_split(meta, "val", self.cfg.replay_data)}
+        if self.cfg.gate_data:
+            trusted["gate folder"] = ImageFolder(self.cfg.gate_data, tuple(meta["input_size"]), classes=meta["classes"])
 
         self.step("finetune")
-        model, history = candidate.tune(parent, _corrections(tune), self.cfg.tune)
+        model, history = candidate.tune(parent, _corrections(tune), self.cfg.tune, replay)
 
         self.step("evaluate")
         self.folder.mkdir(parents=True, exist_ok=True)
-        figures = candidate.score(parent, model, _corrections(check), self.folder / "report.png")
-        self.report.update(figures=figures, history=history, feedback_used=len(tune), feedback_checked=len(check))
-        drop = figures["served"]["held_out"]["accuracy"] - figures["candidate"]["held_out"]["accuracy"]
-        if drop > self.cfg.max_drop:
-            self.report["outcome"] = "refused"
+        figures = candidate.score(parent, model, _corrections(check), trusted, self.folder / "report.png")
+        verdict = gate.judge(figures, list(trusted), self.cfg.gate)
+        for c in verdict["criteria"]:
+            print(f"retrain: {'pass' if c['passed'] else 'FAIL'}  {c['name']}: {c['detail']}", flush=True)
+        for name in trusted:
+            del figures[name]["correct"]  # per-image lists: the criteria hold their summary
+        self.report.update(
+            figures=figures, gate=verdict, history=history, feedback_used=len(tune), feedback_checked=len(check)
+        )
+        if not verdict["promote"]:
+            rejected = self.store.mark_rejected(used, self.id)
+            self.report.update(outcome="refused", rejected=rejected)
             print(
-                f"retrain: not promoting: held-out accuracy falls by {drop:.4f}, more than --max-drop "
-                f"{self.cfg.max_drop}"
+                f"retrain: not promoting: {verdict['decided_by']} failed; {rejected} corrections marked rejected by "
+                f"run {self.id} (abn feedback requeue --run {self.id} puts them back)"
             )
             return self._write()
 
         self.step("package")
+        # past every archive of the model, so a version rolled back from is never reused
+        number = max([int(meta["version"]), *archive.versions_in(self.cfg.model_store, self.cfg.model)]) + 1
         new_meta = checkpoint.next_version(
             meta,
             {
                 "parent": meta["trained_on"],
                 "finetuned_on": {"feedback": len(tune), "run": self.id, "config": asdict(self.cfg.tune)},
+                "replayed_on": {
+                    "data": self.cfg.replay_data or candidate.trained_on(meta).get("data"),
+                    "images": len(replay),
+                },
             },
+            number,
         )
         checkpoint.save(self.folder / "checkpoint.pt", model, new_meta)
         # served as version N is: same backend, batching and workers
@@ -147,7 +230,7 @@ class Retrain:
             "run": self.id,
             "archive": mar.name,
             "version": str(new_meta["version"]),
-            "feedback": [i.id for i in items],
+            "feedback": used,
             "report": self.report,
         }
         self.pending_path.write_text(json.dumps(pending, indent=2) + "\n")

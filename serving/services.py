@@ -1,6 +1,7 @@
 """Service lifecycles: start the services on typed configurations, say where they are, run until SIGINT or
 SIGTERM, stop them cleanly. The command line builds the configurations and calls these."""
 
+import dataclasses
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class UpConfig:
     epochs: int = train.TrainConfig.epochs  # of the demo model, when it is trained
     retrain_schedule: str | None = None  # a cron expression: run retraining on it, in the background
     editor: EditorConfig | None = field(default_factory=EditorConfig)  # None: no editor
-    review_images: int = 40  # built-in test images queued for review on the first start
+    review_images: int = settings.REVIEW_DEMO_IMAGES  # built-in test images queued for review on the first start
 
 
 def check_listen(
@@ -118,11 +119,18 @@ def start_editor(cfg: EditorConfig) -> tuple[EditorServer, Client]:
     # no service token for the feedback service: the gateway calls it with the signed-in expert's
     client = Client.for_target(cfg.target, cfg.feedback, model=cfg.model, feedback_ca=cfg.feedback_ca)
     server = EditorServer(cfg, client)
+    scheme = "https" if cfg.tls_cert else "http"
     print(
-        f"attention editor on http://{settings.local_address(cfg.host)}:{server.port}/ : sign in with a token "
+        f"attention editor on {scheme}://{settings.local_address(cfg.host)}:{server.port}/ : sign in with a token "
         "from `abn experts add NAME`",
         flush=True,
     )
+    if not cfg.tls_cert and not settings.is_loopback(cfg.host):
+        print(
+            f"the editor serves plain HTTP on {cfg.host}: experts' tokens cross the network in the clear; give it "
+            "--tls-cert and --tls-key, or put a TLS proxy in front of it",
+            flush=True,
+        )
     return server, client
 
 
@@ -138,18 +146,21 @@ def editor(cfg: EditorConfig) -> None:
 
 
 def _queue_test_images(cfg: UpConfig, client: Client, name: str) -> None:
-    """On the first start, the built-in test images go into the review queue, so the editor has work."""
+    """Until they are all queued once, the built-in test images go into the review queue, so the editor has
+    work (an image already waiting is not queued twice)."""
     folder = Path(settings.RUNS) / "review_images"
-    if cfg.review_images <= 0 or folder.exists():
+    done = folder / ".queued"
+    if cfg.review_images <= 0 or done.exists():
         return
+    folder.mkdir(parents=True, exist_ok=True)
     split = decoy_digits.build("test")
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
     for i in range(min(cfg.review_images, len(split.images))):
         digit = (split.images[i, 0].numpy() * 255).round().astype("uint8")
-        Image.fromarray(digit).resize((128, 128), Image.Resampling.NEAREST).save(tmp / f"test-{i:03d}.png")
-    tmp.rename(folder)
-    print(f"review queue: {review.add_folder(client, review.QueueConfig(str(folder), model=name))}", flush=True)
+        Image.fromarray(digit).resize((128, 128), Image.Resampling.NEAREST).save(folder / f"test-{i:03d}.png")
+    result = review.add_folder(client, review.QueueConfig(str(folder), model=name))
+    print(f"review queue: {result}", flush=True)
+    if not result["refused"]:
+        done.touch()
 
 
 def _demo_archive(cfg: UpConfig) -> tuple[str, Path]:
@@ -179,13 +190,21 @@ def up(cfg: UpConfig) -> None:
         _announce(cfg.serve)
         server, store = start_feedback(cfg.feedback)
         feedback_target = f"{settings.local_address(cfg.feedback.host)}:{server.port}"
-        with Client.for_services(cfg.serve, feedback_target, cfg.feedback.token_file) as client:
+        ca = cfg.feedback.tls_cert  # this machine's clients trust the service's own certificate
+        with Client.for_services(cfg.serve, feedback_target, cfg.feedback.token_file, feedback_ca=ca) as client:
             _queue_test_images(cfg, client, name)
         gateway = None
         if cfg.editor is not None:
-            cfg.editor.target, cfg.editor.model, cfg.editor.feedback = cfg.serve.target, name, feedback_target
-            cfg.editor.classes = cfg.editor.classes or known_classes(cfg.feedback.checkpoints)
-            gateway = start_editor(cfg.editor)
+            gateway = start_editor(
+                dataclasses.replace(
+                    cfg.editor,
+                    target=cfg.serve.target,
+                    model=name,
+                    feedback=feedback_target,
+                    feedback_ca=cfg.editor.feedback_ca or ca,
+                    classes=cfg.editor.classes or known_classes(cfg.feedback.checkpoints),
+                )
+            )
         if cfg.retrain_schedule:
             job = retraining.for_services(
                 cfg.serve, model=name, store=cfg.feedback.store, schedule=cfg.retrain_schedule

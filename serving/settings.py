@@ -56,8 +56,13 @@ REVIEW_LEASE_S = 600.0  # an expert's claim on a review item; an abandoned item 
 REVIEW_LIST_DEFAULT = 50  # items a listing returns when the caller sets no limit
 REVIEW_LIST_MAX = 1000
 EXPERT_CACHE_S = 5.0  # how long the service trusts a looked-up expert token: a removed expert is out after it
+EXPERT_CACHE_MAX = 10_000  # tokens remembered; past it the memory is cleared, so wrong tokens cannot grow it
+REVIEW_CLAIM_TRIES = 20  # candidates one claim tries while other experts take them first
+REVIEW_DEMO_IMAGES = 40  # built-in test images `abn up` queues for review on its first start
+MAX_TOKEN = 512  # longest token the editor's sign-in accepts
 EDITOR_SESSION_S = 12 * 3600.0  # an editor sign-in lasts this long
-EDITOR_MAX_BODY_BYTES = 32 * 1024 * 1024  # one editor request: an image in base64 and a painted map in JSON
+# one editor request: an image in base64 (4/3 of the feedback service's 16 MiB message) and a painted map
+EDITOR_MAX_BODY_BYTES = 24 * 1024 * 1024
 EDITOR_TOP_K = 5  # classes the editor shows per prediction
 
 

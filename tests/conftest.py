@@ -1,4 +1,4 @@
-"""What the suites share: a real, throwaway PostgreSQL server, and inputs that broke the services once.
+"""What the suites share: a real, throwaway PostgreSQL server, images, and inputs that broke the services once.
 
 The session's server: $ABN_TEST_POSTGRES_URL when set (a fresh database is made in it per test, and dropped),
 else one started here from the server binaries (initdb, pg_ctl) in a temporary folder and removed afterwards;
@@ -6,14 +6,24 @@ without either, the PostgreSQL tests are skipped. A test that stops and starts a
 its own PostgresServer.
 """
 
+import io
 import os
 import struct
 import uuid
 
+import numpy as np
 import psycopg
 import pytest
+from PIL import Image
 
 from bench.postgres import PostgresServer, with_database
+
+
+def png(array: np.ndarray) -> bytes:
+    """A grey PNG of an array of values in [0, 1]."""
+    buf = io.BytesIO()
+    Image.fromarray((array * 255).round().astype("uint8")).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def dds() -> bytes:

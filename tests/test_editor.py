@@ -4,6 +4,8 @@ by Debian's Chromium (headless, through Playwright) with real pointer and keyboa
 ABN_UPDATE_SCREENSHOT=1 also copies the screenshot of a painted map to docs/img/editor.png.
 """
 
+import base64
+import dataclasses
 import http.client
 import json
 import os
@@ -19,6 +21,7 @@ from PIL import Image
 from playwright.sync_api import Page, sync_playwright
 
 from finetune import decoy_digits, train
+from finetune.gate import GateConfig
 from handlers.stubs.abn.v1 import review_pb2
 from serving import retraining, review
 from serving.client import Client
@@ -231,9 +234,16 @@ def test_the_gateway_refuses_cross_origin_writes_large_bodies_and_the_service_to
     answer = connection.getresponse()
     assert answer.status == 413 and "too large" in json.loads(answer.read())["detail"]
     connection.close()
+    # and a chunked body, whose length nobody declared, when it passes the bound
+    connection = http.client.HTTPConnection(url.removeprefix("http://"))
+    chunks = (b"x" * 2**20 for _ in range(30))
+    connection.request("POST", "/api/session", chunks, {"Content-Type": "application/json"}, encode_chunked=True)
+    answer = connection.getresponse()
+    assert answer.status == 413 and "too large" in json.loads(answer.read())["detail"]
+    connection.close()
     service_token = (stack["root"] / "token").read_text().strip()
     status, body = post("/api/session", json.dumps({"token": service_token}).encode(), {})
-    assert status == 401 and "service's token" in body["detail"]
+    assert status == 401 and "not an expert's" in body["detail"]
     assert post("/api/session", token, {})[0] == 204
     with urllib.request.urlopen(url + "/") as answer:
         csp = answer.headers["Content-Security-Policy"]
@@ -259,13 +269,58 @@ def test_a_service_that_is_down_is_said_in_plain_words(stack):
     down = f"127.0.0.1:{free_port()}"  # nothing listens there
     with Client.for_services(stack["cfg"], down) as client:
         editor = EditorServer(EditorConfig(address="127.0.0.1:0", target=stack["cfg"].target, feedback=down), client)
-        page = stack["browser"].new_context().new_page()
-        page.goto(f"http://127.0.0.1:{editor.port}")
-        page.fill("#token", stack["tokens"]["ana"])
-        page.click("#signin-button")
-        poll(page, "document.querySelector('#signin-error').textContent.length > 0")
-        assert "cannot reach the feedback service" in page.text_content("#signin-error")
-        editor.stop()
+        try:
+            page = stack["browser"].new_context().new_page()
+            page.goto(f"http://127.0.0.1:{editor.port}")
+            page.fill("#token", stack["tokens"]["ana"])
+            page.click("#signin-button")
+            poll(page, "document.querySelector('#signin-error').textContent.length > 0")
+            assert "cannot reach the feedback service" in page.text_content("#signin-error")
+        finally:
+            editor.stop()
+
+
+def test_a_key_the_model_server_refuses_does_not_sign_the_expert_out(stack, tmp_path):
+    keys = json.loads(stack["cfg"].target.key_file.read_text())
+    keys["inference"]["key"] = "stale"
+    (tmp_path / "key_file.json").write_text(json.dumps(keys))
+    target = dataclasses.replace(
+        stack["cfg"].target, key_file=tmp_path / "key_file.json", management_url=f"http://127.0.0.1:{free_port()}"
+    )
+    feedback = stack["admin"].feedback
+    with Client.for_target(target, feedback.target) as client:
+        editor = EditorServer(EditorConfig(address="127.0.0.1:0", target=target, feedback=feedback.target), client)
+        try:
+            url = f"http://127.0.0.1:{editor.port}"
+            session = signed_in_session(url, stack["tokens"]["ana"])
+            image = base64.b64encode((stack["root"] / "queue" / "0.png").read_bytes()).decode()
+            status, body = call(url, "POST", "/api/predict", session, {"image": image})
+            assert status == 503 and "refuses the editor's key" in body["detail"]
+            assert call(url, "GET", "/api/me", session)[0] == 200  # still signed in
+        finally:
+            editor.stop()
+
+
+def signed_in_session(url: str, token: str) -> str:
+    status, _, cookie = _request(url, "POST", "/api/session", "", {"token": token})
+    assert status == 204
+    return cookie
+
+
+def call(url: str, method: str, path: str, cookie: str, body: dict | None = None) -> tuple[int, dict]:
+    status, answer, _ = _request(url, method, path, cookie, body)
+    return status, answer
+
+
+def _request(url: str, method: str, path: str, cookie: str, body: dict | None) -> tuple[int, dict, str]:
+    connection = http.client.HTTPConnection(url.removeprefix("http://"))
+    headers = {"Cookie": cookie, "Content-Type": "application/json"}
+    connection.request(method, path, json.dumps(body) if body is not None else None, headers)
+    answer = connection.getresponse()
+    data = answer.read()
+    cookie = (answer.headers["Set-Cookie"] or "").split(";")[0]
+    connection.close()
+    return answer.status, json.loads(data) if data else {}, cookie
 
 
 def test_corrections_from_the_editor_are_consumed_by_retraining(stack):
@@ -278,7 +333,7 @@ def test_corrections_from_the_editor_are_consumed_by_retraining(stack):
         store=str(stack["root"] / "feedback.db"),
         workdir=str(stack["root"] / "retrain"),
         min_feedback=2,
-        max_drop=1.0,
+        gate=GateConfig(max_drop=1.0, attention_tolerance=1.0),  # two corrections: the gate is not under test
     )
     job.tune.epochs = 1
     report = retraining.run_once(job)

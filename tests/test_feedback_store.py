@@ -134,7 +134,8 @@ def test_images_are_stored_once(store):
 
 
 def test_stats_shape_and_counts(store):
-    assert store.stats() == {"total": 0, "by_state": {}, "by_label": {}, "by_model_version": {}}
+    empty = {"pending_images": 0, "conflicting_images": 0}
+    assert store.stats() == {"total": 0, "by_state": {}, "by_label": {}, "by_model_version": {}, **empty}
     ids = [
         store.submit(an_item(1, label="3", model_name="abn", model_version="1"))[0],
         store.submit(an_item(2, predicted_label="3", model_name="abn", model_version="2"))[0],
@@ -147,6 +148,8 @@ def test_stats_shape_and_counts(store):
         "by_state": {"consumed": 1, "pending": 2},
         "by_label": {"3": 2, "4": 1},
         "by_model_version": {"abn:1": 1, "abn:2": 1, "other:": 1},
+        "pending_images": 2,
+        "conflicting_images": 0,
     }
     assert list(stats["by_model_version"]) == ["abn:1", "abn:2", "other:"]
     assert store.stats("abn") == {
@@ -154,7 +157,26 @@ def test_stats_shape_and_counts(store):
         "by_state": {"consumed": 1, "pending": 1},
         "by_label": {"3": 2},
         "by_model_version": {"abn:1": 1, "abn:2": 1},
+        "pending_images": 1,
+        "conflicting_images": 0,
     }
+
+
+def test_rejected_corrections_are_set_aside_until_requeued(store):
+    ids = [store.submit(an_item(i, author="ana" if i < 2 else "bo", model_name="abn"))[0] for i in range(4)]
+    # one image corrected twice, differently, by two authors: a conflict; the same again by one: none
+    store.submit(an_item(0, author="bo", label="7", model_name="abn"))
+    assert store.stats()["pending_images"] == 4 and store.stats()["conflicting_images"] == 1
+    assert store.mark_rejected(store.ids_of(rejected=False, author="ana"), "run-1") == 2
+    store.mark_consumed(ids[3:], "run-2")
+    assert store.mark_rejected(ids[3:], "run-3") == 0  # consumed stays consumed
+    assert store.stats()["by_state"] == {"consumed": 1, "pending": 2, "rejected": 2}
+    assert [i.id for i in store.items(consumed=False)] == [ids[2], store.ids_of(rejected=False)[-1]]
+    rejected = list(store.items(rejected=True))
+    assert [(i.id, i.rejected_by) for i in rejected] == [(ids[0], "run-1"), (ids[1], "run-1")]
+    assert store.ids_of(rejected=True, rejected_by="run-1") == ids[:2] and store.ids_of(True, "bo") == []
+    assert store.requeue(ids[:1]) == 1 and store.requeue(ids[:1]) == 0
+    assert store.stats()["by_state"] == {"consumed": 1, "pending": 3, "rejected": 1}
 
 
 def test_mark_consumed_counts_only_pending_items(store):

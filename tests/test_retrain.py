@@ -4,36 +4,30 @@ pending, and the next run succeeds."""
 
 import dataclasses
 import fcntl
-import io
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import png
 
-from finetune import checkpoint, decoy_digits, expert, train
-from finetune.data import TensorSet
+from finetune import checkpoint, data, decoy_digits, expert, train
+from finetune.data import DataConfig, TensorSet
 from finetune.evaluate import evaluate
 from finetune.images import resize_map
 from handlers import wire
-from serving import retraining
+from serving import cli, retraining
 from serving.client import Client
 from serving.feedback.server import FeedbackServer, write_token
 from serving.feedback.store import SQLiteStore
-from serving.torchserve import archive
+from serving.torchserve import archive, served
 from serving.torchserve.config import ServeConfig
 from serving.torchserve.process import TorchServe
 from serving.torchserve.served import ServedRecord
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 FEEDBACK = 120
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray((array * 255).round().astype("uint8")).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
@@ -47,8 +41,14 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
     record = ServedRecord(tmp_path / "store", "abn")
     with TorchServe(cfg):
         client = Client.for_services(cfg, f"127.0.0.1:{feedback.port}", tmp_path / "token")
+        # a gate folder representative of real use: test digits with their decoys anywhere
+        data.export(DataConfig(), "test", tmp_path / "gate")
         job = retraining.for_services(
-            cfg, store=str(tmp_path / "feedback.db"), workdir=str(tmp_path / "retrain"), min_feedback=20
+            cfg,
+            store=str(tmp_path / "feedback.db"),
+            workdir=str(tmp_path / "retrain"),
+            min_feedback=20,
+            gate_data=str(tmp_path / "gate" / "images"),
         )
 
         def run_with(**changes):
@@ -102,8 +102,15 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         assert not (tmp_path / "retrain" / "pending.json").exists()
         assert record.archive() == tmp_path / "store" / "abn.v2.mar"  # and after
         assert (tmp_path / "retrain" / report["run"] / "report.png").stat().st_size > 0
-        held = report["figures"]
-        assert held["candidate"]["check_feedback"]["map_iou"] > held["served"]["check_feedback"]["map_iou"]
+        kept_back = report["figures"]["check_feedback"]
+        assert kept_back["candidate"]["map_iou"] > kept_back["served"]["map_iou"]
+        assert report["gate"]["promote"] and report["gate"]["decided_by"] == "every criterion passed"
+        assert [c["name"] for c in report["gate"]["criteria"]] == [
+            "accuracy on validation split",
+            "accuracy on gate folder",
+            "attention IoU on kept-back corrections",
+            "attention share inside on kept-back corrections",
+        ]
 
         # the promoted version scores higher on the test split than the one it replaced
         test = decoy_digits.build("test")
@@ -117,6 +124,44 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
 
         # nothing pending any more: the next run stops early
         assert run_with()["outcome"] == "too_little_feedback"
+
+        # an image counts once: 5,000 copies of one correction are one corrected image
+        image = png(split.images[FEEDBACK, 0].numpy())
+        copy = split.masks[FEEDBACK, 0].numpy().astype(np.float32)
+        with ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    lambda _: client.submit_feedback(image, copy, label="3", author="copier", model_name="abn"),
+                    range(5000),
+                )
+            )
+        stats = store.stats("abn")
+        assert stats["by_state"]["pending"] == 5000 and stats["pending_images"] == 1
+        report = run_with(min_feedback=2)
+        assert report["outcome"] == "too_little_feedback" and report["distinct_images"] == 1
+        assert report["superseded"] == 4999
+        assert cli.main(["feedback", "reject", "--author", "copier", "--store", str(tmp_path / "feedback.db")]) == 0
+        assert store.stats("abn")["by_state"]["rejected"] == 5000
+
+        # 200 wrong labels on distinct training images: refused on a trusted set (the validation split rewards the
+        # decoy shortcut, which hides the damage; the gate folder, where only the digit tells, shows it), set aside
+        for i in range(FEEDBACK + 1, FEEDBACK + 201):
+            wrong = str((int(split.labels[i]) + 1) % 10)
+            digit = split.masks[i, 0].numpy().astype(np.float32)  # the right place, the wrong class
+            client.submit_feedback(
+                png(split.images[i, 0].numpy()), digit, label=wrong, author="mallory", model_name="abn"
+            )
+        report = run_with()
+        assert report["outcome"] == "refused" and report["gate"]["decided_by"].startswith("accuracy on")
+        assert report["rejected"] == 200 and default_version() == "2"
+        assert store.stats("abn")["by_state"] == {"consumed": FEEDBACK, "rejected": 5200}
+        assert run_with()["outcome"] == "too_little_feedback"  # not tried again
+        requeue = ["feedback", "requeue", "--run", report["run"], "--store", str(tmp_path / "feedback.db")]
+        assert cli.main(requeue) == 0 and store.stats("abn")["by_state"]["pending"] == 200
+
+        # rollback: version 1 is the default again, and the record a restart of `abn up` serves says so
+        assert served.rollback(client.torchserve, record) == ("2", "1")
+        assert default_version() == "1" and record.archive() == tmp_path / "store" / "abn.v1.mar"
         client.close()
     feedback.stop(grace=5)
     store.close()

@@ -79,11 +79,13 @@ def test_experts_are_kept_by_the_hash_of_their_token(store):
 
 
 def test_the_queue_orders_claims_skips_and_closes(store):
-    ids = [store.add_review(entry(i, priority)) for i, priority in enumerate([0.2, 0.9, 0.5])]
+    ids = [store.add_review(entry(i, p, label)) for i, (p, label) in enumerate([(0.2, "3"), (0.9, "3"), (0.5, "5")])]
     assert all(created for _, created in ids)
     assert store.add_review(entry(1, 0.1)) == (ids[1][0], False)  # the same image waits once per model
     assert [e.priority for e in store.review_items()] == [0.9, 0.5, 0.2]
-    assert [e.priority for e in store.review_items(label="3", limit=2)] == [0.9, 0.5]
+    assert [e.priority for e in store.review_items(label="3")] == [0.9, 0.2]
+    assert [e.priority for e in store.review_items(limit=2)] == [0.9, 0.5]
+    assert store.review_items(model_name="other") == []
 
     first = store.claim_review("ana")
     assert first.priority == 0.9 and first.image == png(1) and first.claimed_by == "ana"
@@ -155,9 +157,18 @@ def test_an_experts_token_signs_their_corrections(service, monkeypatch):
     assert item.id == rid and item.claimed_by == "ana" and item.state == review_pb2.REVIEW_STATE_CLAIMED
     assert item.image == png(1) and item.prediction.attention.height == 8
     assert wire.map_from_proto(item.prediction.attention).shape == (8, 8)
-    # the author is the token's expert, whatever the request says
-    fid = ana.submit(png(1), np.ones((8, 8), np.float32), author="mallory", review_id=rid).id
+    # the author is the token's expert, whatever the request says; a retry after success is answered as one
+    first = ana.submit(png(1), np.ones((8, 8), np.float32), author="mallory", review_id=rid, idempotency_key="k1")
+    again = ana.submit(png(1), np.ones((8, 8), np.float32), author="mallory", review_id=rid, idempotency_key="k1")
+    fid = first.id
+    assert first.created and (again.id, again.created) == (fid, False)
     assert admin.get(fid).author == "ana"
+    # an expert's token corrects and works the queue; reading every correction or filling the queue needs more
+    for call in (lambda: ana.get(fid), lambda: list(ana.list()), lambda: ana.stats(), lambda: ana.add_review(
+        png(3), prediction(0.5, 0.4), 1.0)):  # fmt: skip
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert admin.review_item(rid).state == review_pb2.REVIEW_STATE_DONE
     assert admin.review_items() == []
 
@@ -204,6 +215,8 @@ def test_queue_errors_are_statuses_a_person_can_act_on(service):
 
     rid = admin.add_review(png(1), prediction(0.5, 0.4), 1.0).id
     ana.claim(rid)
+    status, message = code(lambda: ana.submit(png(2), np.ones((8, 8), np.float32), review_id=rid))
+    assert status == grpc.StatusCode.FAILED_PRECONDITION and "not review item" in message  # another image
     status, message = code(lambda: bo.claim(rid))
     assert status == grpc.StatusCode.FAILED_PRECONDITION and "claimed by 'ana'" in message
     status, message = code(lambda: bo.submit(png(1), np.ones((8, 8), np.float32), review_id=rid))

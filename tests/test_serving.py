@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import dds
+from conftest import dds, png
 from PIL import Image
 
 from finetune import checkpoint, decoy_digits, onnx_export
@@ -34,12 +34,6 @@ from serving.torchserve.process import TorchServe
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 TOKEN_MINUTES = 0.25  # short, so that the client's renewal is exercised
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray((array * 255).round().astype("uint8")).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ signed-in expert, and docs/api.md).
 import base64
 import binascii
 import io
+import json
+import logging
 import secrets
 import threading
 import time
@@ -59,6 +61,9 @@ HTTP_OF = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: (413, "Too large"),
 }
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+REFUSED_KEY = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+SIGN_IN = ("POST", "/api/session")  # the one API call without a session
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +74,8 @@ class EditorConfig:
     feedback: str = f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}"
     feedback_ca: str | None = None  # PEM of the feedback service's CA, when it serves TLS
     classes: dict[str, list[str]] = field(default_factory=dict)  # model name -> class names, for the class list
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS (and mark the cookie Secure)
+    tls_key: str | None = None
 
     @property
     def host(self) -> str:
@@ -89,7 +96,7 @@ class MapJSON(BaseModel):
 
 
 class SignIn(BaseModel):
-    token: str = Field(max_length=512, description="the token `abn experts add NAME` printed")
+    token: str = Field(max_length=settings.MAX_TOKEN, description="the token `abn experts add NAME` printed")
 
 
 class Filters(BaseModel):
@@ -131,12 +138,16 @@ def _map_array(m: MapJSON) -> np.ndarray:
     return values
 
 
+def _scores(p: Prediction) -> list[dict]:
+    return [{"index": s.index, "label": s.label, "probability": s.probability} for s in p.scores]
+
+
 def _prediction_json(p: Prediction) -> dict:
     return {
         "prediction_id": p.prediction_id,
         "model_name": p.model_name,
         "model_version": p.model_version,
-        "scores": [{"index": s.index, "label": s.label, "probability": s.probability} for s in p.scores],
+        "scores": _scores(p),
         "attention": _map_json(p.attention),
         "attention_supplied": p.attention_supplied,
     }
@@ -162,7 +173,7 @@ def _claimed(item: review_pb2.ReviewItem, expert: str) -> dict:
     return {
         **_summary(item, expert),
         "prediction_id": item.prediction.prediction_id,
-        "scores": _prediction_json(item.prediction)["scores"],
+        "scores": _scores(item.prediction),
         "attention": _map_json(item.prediction.attention),
         "image_width": width,
         "image_height": height,
@@ -221,7 +232,9 @@ class Sessions:
 
 
 class BodyLimit:
-    """ASGI middleware: a request whose body passes limit bytes is answered 413, however it is sent."""
+    """ASGI middleware: a request whose body passes limit bytes is answered 413, however it is sent (a declared
+    length is refused before reading; a chunked body when it passes the bound, by FastAPI's handler of the
+    HTTPException raised while it reads)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -239,23 +252,20 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                raise HTTPException(413, self.message)
             return message
 
-        try:
-            await self.app(scope, bounded, send)
-        except _TooLarge:
-            await self._refuse(send)
+        await self.app(scope, bounded, send)
+
+    @property
+    def message(self) -> str:
+        return f"The request is too large (over {self.limit // 2**20} MB): send a smaller image"
 
     async def _refuse(self, send):
-        body = b'{"detail": "The request is too large: send an image of at most %d MB"}' % (self.limit // 2**21)
+        body = json.dumps({"detail": self.message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = None) -> FastAPI:
@@ -274,6 +284,14 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        # before any body is read: an API call without a session costs the gateway nothing
+        path = request.url.path
+        if (
+            path.startswith("/api/")
+            and (request.method, path) != SIGN_IN
+            and not sessions.get(request.cookies.get(COOKIE))
+        ):
+            return _headers(JSONResponse({"detail": "Sign in first: your session is missing or has ended"}, 401))
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("origin")
             if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
@@ -297,14 +315,21 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
 
     @app.exception_handler(grpc.RpcError)
     async def rpc_error(request: Request, e: grpc.RpcError):
+        """A feedback service's status (TorchServe's are answered where it is called)."""
         code = e.code()
         if code in UNREACHABLE:
-            what = "the model server" if request.url.path == "/api/predict" else "the feedback service"
-            return JSONResponse({"detail": f"The editor cannot reach {what} now; try again in a minute"}, 503)
+            return JSONResponse({"detail": "The editor cannot reach the feedback service now; try again soon"}, 503)
         status, words = HTTP_OF.get(code, (502, "The service failed"))
-        if status == 401:
+        if status == 401:  # the expert's token was removed: the session ends with it
             sessions.end(request.cookies.get(COOKIE))
         return JSONResponse({"detail": f"{words}: {e.details()}"}, status)
+
+    @app.exception_handler(Exception)
+    async def fault(request: Request, e: Exception):
+        incident = secrets.token_hex(6)
+        logger.error("%s %s: incident %s", request.method, request.url.path, incident, exc_info=e)
+        detail = f"The editor failed (incident {incident}, in its log); try again, or tell the operator"
+        return _headers(JSONResponse({"detail": detail}, 500))
 
     def session(abn_editor_session: Annotated[str | None, Cookie()] = None) -> Session:
         s = sessions.get(abn_editor_session)
@@ -338,16 +363,27 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
     @app.post("/api/session", status_code=204, tags=["session"])
     def sign_in(body: SignIn, response: Response):
         """Sign in with an expert's token; sets the session cookie."""
+        refused = HTTPException(401, "That token is not an expert's: ask for one (abn experts add NAME)")
+        if not body.token.isascii() or not body.token.isprintable():  # gRPC metadata could not carry it
+            raise refused
         try:
             expert = client.feedback.with_token(body.token).caller()
         except grpc.RpcError as e:
-            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                raise HTTPException(401, "That token is not an expert's: ask for one (abn experts add NAME)") from None
+            if e.code() in REFUSED_KEY:
+                raise refused from None
             raise
-        if not expert:
-            raise HTTPException(401, "That is the service's token, not an expert's: sign in with your own")
+        if not expert:  # the service's token, or any token when the service runs without one
+            raise refused
         sid = sessions.start(expert, body.token)
-        response.set_cookie(COOKIE, sid, max_age=int(sessions.lifetime), httponly=True, samesite="strict", path="/")
+        response.set_cookie(
+            COOKIE,
+            sid,
+            max_age=int(sessions.lifetime),
+            httponly=True,
+            samesite="strict",
+            secure=bool(cfg.tls_cert),
+            path="/",
+        )
 
     @app.delete("/api/session", status_code=204, tags=["session"])
     def sign_out(response: Response, abn_editor_session: Annotated[str | None, Cookie()] = None):
@@ -394,22 +430,33 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
         """Give the item back: it waits for the other experts."""
         feedback(s).release(review_id)
 
-    def _image(body: PredictIn | CorrectionIn, s: Session) -> bytes:
+    def _image(body: PredictIn | CorrectionIn, s: Session) -> tuple[bytes, str]:
+        """The image the request names, and the model that predicted it (cfg.model for an upload)."""
         if bool(body.review_id) == bool(body.image):
             raise HTTPException(400, "Send either a queue item (review_id) or an image, not both or neither")
-        return feedback(s).review_item(body.review_id).image if body.review_id else _decode(body.image)
+        if not body.review_id:
+            return _decode(body.image), cfg.model
+        item = feedback(s).review_item(body.review_id)
+        return item.image, item.prediction.model_name
 
     @app.post("/api/predict", tags=["predictions"])
     def predict(body: PredictIn, s: Signed) -> dict:
-        """Classify a queue item's image or an uploaded one; with attention, apply that map (Try it)."""
-        image = _image(body, s)
+        """Classify a queue item's image (by the item's model) or an uploaded one; with attention, apply that
+        map (Try it)."""
+        image, model = _image(body, s)
         attention = _map_array(body.attention) if body.attention else None
         try:
-            p = client.predict(image, settings.EDITOR_TOP_K, attention, model=cfg.model)
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise HTTPException(400, f"The model refused the image: {e.details()}") from None
-            raise
+            p = client.predict(image, settings.EDITOR_TOP_K, attention, model=model)
+        except grpc.RpcError as e:  # TorchServe's answer: never a reason to end the expert's session
+            code, details = e.code(), e.details()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise HTTPException(400, f"The model refused the image: {details}") from None
+            if code in UNREACHABLE:
+                raise HTTPException(503, "The editor cannot reach the model server now; try again soon") from None
+            if code in REFUSED_KEY:
+                raise HTTPException(503, "The model server refuses the editor's key; tell the operator") from None
+            logger.warning("prediction failed: %s: %s", code, details)
+            raise HTTPException(502, f"The model server failed: {details}") from None
         return _prediction_json(p)
 
     @app.post("/api/corrections", tags=["corrections"])
@@ -420,7 +467,7 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
             prediction_id=body.prediction_id, model_name=body.model_name, model_version=body.model_version
         )
         answer = feedback(s).submit(
-            _image(body, s),
+            _image(body, s)[0],
             _map_array(body.attention),
             made_by,
             label=body.label,
@@ -439,7 +486,13 @@ class EditorServer:
     def __init__(self, cfg: EditorConfig, client: Client):
         settings.check_host(cfg.host, "the editor")
         config = uvicorn.Config(
-            create_app(cfg, client), host=cfg.host, port=cfg.port, log_level="warning", lifespan="off"
+            create_app(cfg, client),
+            host=cfg.host,
+            port=cfg.port,
+            log_level="warning",
+            lifespan="off",
+            ssl_certfile=cfg.tls_cert,
+            ssl_keyfile=cfg.tls_key,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="editor", daemon=True)

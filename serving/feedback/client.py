@@ -32,7 +32,7 @@ class FeedbackClient:
         timeout: float = settings.CALL_TIMEOUT_S,
         retries: int = settings.FEEDBACK_RETRIES,
     ):
-        self.timeout, self.retries = timeout, retries
+        self.target, self.timeout, self.retries = target, timeout, retries
         credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes()) if ca else None
         self._channel = (
             grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)

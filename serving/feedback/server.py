@@ -30,7 +30,15 @@ from finetune.images import ImageError
 from handlers import wire
 from handlers.stubs.abn.v1 import feedback_pb2_grpc, review_pb2_grpc
 from serving import settings
-from serving.feedback.service import REVIEW_SERVICE, SERVICE, FeedbackService, Identities, ReviewService
+from serving.feedback.service import (
+    EXPERT_METHODS,
+    REVIEW_SERVICE,
+    SERVICE,
+    FeedbackService,
+    Identities,
+    NotSignedIn,
+    ReviewService,
+)
 from serving.feedback.store import ClaimError, ConflictError, FeedbackStore, NotFoundError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -45,6 +53,7 @@ STATUSES: list[tuple[tuple[type[Exception], ...], grpc.StatusCode, str | None]] 
     ((ConflictError,), grpc.StatusCode.ALREADY_EXISTS, None),
     ((NotFoundError,), grpc.StatusCode.NOT_FOUND, None),
     ((ClaimError,), grpc.StatusCode.FAILED_PRECONDITION, None),
+    ((NotSignedIn,), grpc.StatusCode.UNAUTHENTICATED, None),
     ((wire.WireError, ImageError), grpc.StatusCode.INVALID_ARGUMENT, None),
 ]
 
@@ -69,15 +78,19 @@ def _wrap(handler: grpc.RpcMethodHandler, wrapper: Callable[[Callable, bool], Ca
 
 class TokenAuth(grpc.ServerInterceptor):
     """Refuses calls without `authorization: Bearer <token>` of the service or of an expert, except health checks
-    and reflection."""
+    and reflection; an expert's token opens EXPERT_METHODS only."""
 
     MESSAGE = "missing or wrong token: send metadata `authorization: Bearer <token>`"
+    EXPERT_MESSAGE = "an expert's token may send corrections and work the review queue; this call needs the service's"
 
     def __init__(self, identities: Identities):
         self.identities = identities
 
     def _refuse(self, request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, self.MESSAGE)
+
+    def _expert_refused(self, request, context):
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, self.EXPERT_MESSAGE)
 
     def _unavailable(self, request, context):
         context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
@@ -87,12 +100,14 @@ class TokenAuth(grpc.ServerInterceptor):
         if details.method.startswith(OPEN_METHODS):
             return handler
         try:
-            known = self.identities.of(details.invocation_metadata) is not None
+            who = self.identities.of(details.invocation_metadata)
         except StoreUnavailable as e:  # an expert's token cannot be checked now
             logger.warning("%s: %s", details.method, e)
             return _wrap(handler, lambda behaviour, streams: self._unavailable) if handler else None
-        if known:
+        if who == Identities.SERVICE or (who is not None and details.method in EXPERT_METHODS):
             return handler
+        if who is not None and handler is not None:
+            return _wrap(handler, lambda behaviour, streams: self._expert_refused)
         if handler is None:  # no such method: the caller learns nothing of what exists
             return grpc.unary_unary_rpc_method_handler(self._refuse)
         return _wrap(handler, lambda behaviour, streams: self._refuse)

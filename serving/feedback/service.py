@@ -27,6 +27,25 @@ from serving.feedback.store import FeedbackStore, Item, NotFoundError, ReviewEnt
 
 SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
 REVIEW_SERVICE = review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name
+# What an expert's token may call: correct, and work the queue. Reading every correction, the counts, or
+# filling the queue takes the service's token.
+EXPERT_METHODS = frozenset(
+    f"/{service}/{method}"
+    for service, method in (
+        (SERVICE, "SubmitFeedback"),
+        (REVIEW_SERVICE, "ListReviewItems"),
+        (REVIEW_SERVICE, "GetReviewItem"),
+        (REVIEW_SERVICE, "ClaimReviewItem"),
+        (REVIEW_SERVICE, "ReleaseReviewItem"),
+        (REVIEW_SERVICE, "GetCaller"),
+    )
+)
+
+
+class NotSignedIn(PermissionError):
+    """The call's token is no one's (any more): an expert removed while the call was on its way."""
+
+
 VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
 # The text fields a correction carries, named alike in the request, the stored Item and the Feedback message.
 TEXT_FIELDS = ("label", "predicted_label", "prediction_id", "model_name", "model_version", "author", "idempotency_key")
@@ -47,7 +66,12 @@ def _message(item: Item, with_data: bool = True) -> feedback_pb2.Feedback:
         **{name: getattr(item, name) for name in TEXT_FIELDS},
         created_time=_timestamp(item.created),
         consumed_by=item.consumed_by or "",
-        state=feedback_pb2.FEEDBACK_STATE_CONSUMED if item.consumed_by else feedback_pb2.FEEDBACK_STATE_PENDING,
+        rejected_by=item.rejected_by or "",
+        state=feedback_pb2.FEEDBACK_STATE_CONSUMED
+        if item.consumed_by
+        else feedback_pb2.FEEDBACK_STATE_REJECTED
+        if item.rejected_by
+        else feedback_pb2.FEEDBACK_STATE_PENDING,
     )
 
 
@@ -192,6 +216,13 @@ class Identities:
         self._cache: dict[str, tuple[str | None, float]] = {}
         self._lock = threading.Lock()
 
+    def caller(self, context) -> str:
+        """Who makes this call: "" for the service, else the expert; NotSignedIn for anyone else."""
+        who = self.of(context.invocation_metadata())
+        if who is None:
+            raise NotSignedIn("missing or wrong token: send metadata `authorization: Bearer <token>`")
+        return who
+
     def of(self, metadata) -> str | None:
         sent = dict(metadata or ()).get("authorization", "")
         if self._service is not None and secrets.compare_digest(sent.encode(), self._service):
@@ -209,7 +240,7 @@ class Identities:
             return name
         name = self.store.expert_for(key)  # StoreUnavailable goes to the caller: UNAVAILABLE
         with self._lock:
-            if len(self._cache) > 10_000:  # wrong tokens are remembered too; a flood of them cannot grow this
+            if len(self._cache) > settings.EXPERT_CACHE_MAX:  # wrong tokens are remembered too
                 self._cache.clear()
             self._cache[key] = (name, now + self.ttl)
         return name
@@ -222,7 +253,7 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
 
     def SubmitFeedback(self, request, context):
         item = validate(request, self.classes)
-        item.author = self.identities.of(context.invocation_metadata()) or item.author  # an expert signs for it
+        item.author = self.identities.caller(context) or item.author  # an expert signs for what they send
         feedback_id, created = self.store.submit(item)
         return feedback_pb2.SubmitFeedbackResponse(id=feedback_id, created=created)
 
@@ -234,12 +265,13 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
 
     def ListFeedback(self, request, context) -> Iterator[feedback_pb2.ListFeedbackResponse]:
         consumed = {feedback_pb2.FEEDBACK_STATE_PENDING: False, feedback_pb2.FEEDBACK_STATE_CONSUMED: True}
+        rejected = True if request.state == feedback_pb2.FEEDBACK_STATE_REJECTED else None
         try:
             since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
         except ValueError as e:
             raise wire.WireError(f"since: {e}") from None
         for item in self.store.items(
-            since, consumed.get(request.state), request.model_name, with_data=not request.metadata_only
+            since, consumed.get(request.state), request.model_name, not request.metadata_only, rejected
         ):
             if not context.is_active():
                 return
@@ -256,6 +288,8 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
             by_state=counts(s["by_state"]),
             by_label=counts(s["by_label"]),
             by_model_version=counts(s["by_model_version"]),
+            pending_images=s["pending_images"],
+            conflicting_images=s["conflicting_images"],
         )
 
 
@@ -272,7 +306,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
 
     def _expert(self, request, context) -> str:
         """The expert a claim is for: the token's, else the one the request names."""
-        expert = self.identities.of(context.invocation_metadata()) or request.expert
+        expert = self.identities.caller(context) or request.expert
         if not expert:
             raise wire.WireError("expert: name the expert (a call with the service token acts for one)")
         _check_text("expert", expert)
@@ -287,7 +321,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
             _check_text(name, getattr(request, name))
         if request.limit > settings.REVIEW_LIST_MAX:
             raise wire.WireError(f"limit: at most {settings.REVIEW_LIST_MAX}, got {request.limit}")
-        viewer = self.identities.of(context.invocation_metadata()) or ""
+        viewer = self.identities.caller(context)
         entries = self.store.review_items(
             request.model_name, request.label, request.limit or settings.REVIEW_LIST_DEFAULT, viewer
         )
@@ -317,4 +351,4 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
         return review_pb2.ReleaseReviewItemResponse()
 
     def GetCaller(self, request, context):
-        return review_pb2.GetCallerResponse(expert=self.identities.of(context.invocation_metadata()) or "")
+        return review_pb2.GetCallerResponse(expert=self.identities.caller(context))

@@ -83,6 +83,10 @@ _MIGRATIONS = [
     CREATE INDEX review_open ON review(feedback_id, priority);
     CREATE TABLE review_skips (review_id TEXT NOT NULL, expert TEXT NOT NULL, PRIMARY KEY (review_id, expert));
     """,
+    # a correction a refused retraining run (or an operator) set aside: not pending, not consumed
+    """
+    ALTER TABLE feedback ADD COLUMN rejected_by TEXT;
+    """,
 ]
 MIGRATIONS = [m.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL") for m in _MIGRATIONS]
 POSTGRES_MIGRATIONS = [
@@ -124,6 +128,7 @@ class Item:
     image_sha256: str = ""
     created: float = 0.0
     consumed_by: str | None = None
+    rejected_by: str | None = None  # the run (or operator) that set it aside; pending when neither is set
     review_id: str = ""  # the review item this closes; its claim must be the author's
 
 
@@ -172,17 +177,35 @@ class FeedbackStore(ABC):
 
     @abstractmethod
     def items(
-        self, since: float = 0.0, consumed: bool | None = None, model_name: str = "", with_data: bool = True
+        self,
+        since: float = 0.0,
+        consumed: bool | None = None,
+        model_name: str = "",
+        with_data: bool = True,
+        rejected: bool | None = None,
     ) -> Iterator[Item]:
-        """Items oldest first."""
+        """Items oldest first. consumed=False: pending (neither consumed nor rejected); rejected=True: set aside."""
 
     @abstractmethod
     def stats(self, model_name: str = "") -> dict:
-        """{"total", "by_state", "by_label", "by_model_version"}."""
+        """{"total", "by_state", "by_label", "by_model_version", "pending_images", "conflicting_images"}."""
 
     @abstractmethod
     def mark_consumed(self, ids: list[str], run: str) -> int:
         """Record that run consumed these items; the number marked."""
+
+    @abstractmethod
+    def mark_rejected(self, ids: list[str], by: str) -> int:
+        """Set these pending items aside (a refused run, or an operator); the number marked."""
+
+    @abstractmethod
+    def requeue(self, ids: list[str]) -> int:
+        """Make these rejected items pending again; the number changed."""
+
+    @abstractmethod
+    def ids_of(self, rejected: bool, author: str = "", rejected_by: str = "") -> list[str]:
+        """The ids of pending (rejected=False) or rejected (True) items, of author and rejected by rejected_by
+        when given."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -208,7 +231,9 @@ class FeedbackStore(ABC):
         """Queue entry; (id, created). An image already open for the same model gives that item's id, False."""
 
     @abstractmethod
-    def review_items(self, model_name: str = "", label: str = "", limit: int = 50, viewer: str = "") -> list:
+    def review_items(
+        self, model_name: str = "", label: str = "", limit: int = settings.REVIEW_LIST_DEFAULT, viewer: str = ""
+    ) -> list:
         """Open items not claimed by anyone but viewer, highest priority first, without their images."""
 
     @abstractmethod
@@ -216,7 +241,12 @@ class FeedbackStore(ABC):
 
     @abstractmethod
     def claim_review(
-        self, expert: str, review_id: str = "", model_name: str = "", label: str = "", lease_s: float = 600.0
+        self,
+        expert: str,
+        review_id: str = "",
+        model_name: str = "",
+        label: str = "",
+        lease_s: float = settings.REVIEW_LEASE_S,
     ) -> ReviewEntry | None:
         """Claim the item named, or the open item of highest priority expert has not skipped, for lease_s
         seconds; None when no item waits. ClaimError when the item named is held by another or done,
@@ -259,15 +289,15 @@ class _SQLStore(FeedbackStore):
 
     _COLUMNS = (
         "f.id, f.idempotency_key, f.image_sha256, f.map_height, f.map_width, f.label, f.predicted_label, "
-        "f.prediction_id, f.model_name, f.model_version, f.author, f.created, f.consumed_by"
+        "f.prediction_id, f.model_name, f.model_version, f.author, f.created, f.consumed_by, f.rejected_by"
     )
     _PAGE = 200  # items() reads this many rows per query
     # The columns a submission's idempotency key vouches for: a retry must send the same.
     _PAYLOAD = ("image_sha256", "map_height", "map_width", "map_values", "label", "predicted_label", "prediction_id",
                 "model_name", "model_version", "author")  # fmt: skip
     _INSERT = (
-        f"INSERT INTO feedback (id, idempotency_key, {', '.join(_PAYLOAD)}, created, consumed_by)"
-        f" VALUES ({', '.join('?' * (len(_PAYLOAD) + 4))}) ON CONFLICT DO NOTHING RETURNING id"
+        f"INSERT INTO feedback (id, idempotency_key, {', '.join(_PAYLOAD)}, created, consumed_by, rejected_by)"
+        f" VALUES ({', '.join('?' * (len(_PAYLOAD) + 5))}) ON CONFLICT DO NOTHING RETURNING id"
     )
     _BY_KEY = f"SELECT id, {', '.join(_PAYLOAD)} FROM feedback WHERE idempotency_key = ?"
 
@@ -352,7 +382,11 @@ class _SQLStore(FeedbackStore):
         self._execute(self._PING).fetchone()
 
     def submit(self, item: Item) -> tuple[str, bool]:
-        return self.restore(dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None))
+        return self.restore(self._new(item))
+
+    @staticmethod
+    def _new(item: Item) -> Item:
+        return dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None, rejected_by=None)
 
     def restore(self, item: Item) -> tuple[str, bool]:
         with self._transaction():  # a conflict raised inside rolls back the image inserted too
@@ -369,10 +403,12 @@ class _SQLStore(FeedbackStore):
         self._execute("INSERT INTO images (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", (sha, item.image))
         # DO NOTHING when the key (or id) is taken, rather than an error: with PostgreSQL, a concurrent
         # submission with the same key waits here for the first to commit, then the lookup below finds it.
-        inserted = self._execute(self._INSERT, (item.id, key, *payload, item.created, item.consumed_by)).fetchall()
+        inserted = self._execute(
+            self._INSERT, (item.id, key, *payload, item.created, item.consumed_by, item.rejected_by)
+        ).fetchall()
         if inserted:
             if item.review_id:
-                self._close_review(item.review_id, item.author, item.id)
+                self._close_review(item.review_id, item.author, item.id, sha)
             return item.id, True
         stored = key and self._execute(self._BY_KEY, (key,)).fetchone()
         if not stored:  # it is the id that is taken: this very item is stored already
@@ -386,7 +422,7 @@ class _SQLStore(FeedbackStore):
         return stored[0], False
 
     def _item(self, row: tuple, data: tuple | None) -> Item:
-        (fid, key, sha, h, w, label, predicted, pid, model, version, author, created, consumed) = row
+        (fid, key, sha, h, w, label, predicted, pid, model, version, author, created, consumed, rejected) = row
         image, values = data if data else (b"", None)
         attention = (
             np.frombuffer(values, dtype="<f4").reshape(h, w).copy()
@@ -407,6 +443,7 @@ class _SQLStore(FeedbackStore):
             image_sha256=sha,
             created=created,
             consumed_by=consumed,
+            rejected_by=rejected,
         )
 
     def get(self, feedback_id: str) -> Item | None:
@@ -418,12 +455,19 @@ class _SQLStore(FeedbackStore):
         return None if row is None else self._item(row[:-2], row[-2:])
 
     def items(
-        self, since: float = 0.0, consumed: bool | None = None, model_name: str = "", with_data: bool = True
+        self,
+        since: float = 0.0,
+        consumed: bool | None = None,
+        model_name: str = "",
+        with_data: bool = True,
+        rejected: bool | None = None,
     ) -> Iterator[Item]:
         where = ["f.seq > ?", "f.created >= ?"]
         args: list[float | str] = [since]
         if consumed is not None:
-            where.append("f.consumed_by IS NOT NULL" if consumed else "f.consumed_by IS NULL")
+            where.append("f.consumed_by IS NOT NULL" if consumed else "f.consumed_by IS NULL AND f.rejected_by IS NULL")
+        if rejected is not None:
+            where.append("f.rejected_by IS NOT NULL" if rejected else "f.rejected_by IS NULL")
         if model_name:
             where.append("f.model_name = ?")
             args.append(model_name)
@@ -450,31 +494,68 @@ class _SQLStore(FeedbackStore):
 
         return {
             "total": self._execute(f"SELECT COUNT(*) FROM feedback {where}", args).fetchone()[0],
-            "by_state": counts("CASE WHEN consumed_by IS NULL THEN 'pending' ELSE 'consumed' END"),
+            "by_state": counts(
+                "CASE WHEN consumed_by IS NOT NULL THEN 'consumed' WHEN rejected_by IS NOT NULL THEN 'rejected' "
+                "ELSE 'pending' END"
+            ),
             "by_label": counts("CASE WHEN label != '' THEN label ELSE predicted_label END"),
             "by_model_version": counts("model_name || ':' || model_version"),
+            **self._pending_images(model_name),
         }
 
-    def mark_consumed(self, ids: list[str], run: str) -> int:
-        with self._transaction():
-            return sum(
-                self._execute(
-                    "UPDATE feedback SET consumed_by = ? WHERE id = ? AND consumed_by IS NULL", (run, i)
-                ).rowcount
-                for i in ids
-            )
+    def _pending_images(self, model_name: str) -> dict:
+        """Distinct images among the pending corrections (per model), and those that different authors corrected
+        differently (label or map): retraining counts an image once, its latest correction winning."""
+        where, args = "consumed_by IS NULL AND rejected_by IS NULL", []
+        if model_name:
+            where, args = where + " AND model_name = ?", [model_name]
+        row = self._execute(
+            "SELECT COUNT(*), COALESCE(SUM(conflict), 0) FROM (SELECT CASE WHEN COUNT(DISTINCT author) > 1 AND "
+            "(COUNT(DISTINCT CASE WHEN label != '' THEN label ELSE predicted_label END) > 1 "
+            "OR COUNT(DISTINCT map_values) > 1) THEN 1 ELSE 0 END AS conflict "
+            f"FROM feedback WHERE {where} GROUP BY model_name, image_sha256) images",
+            args,
+        ).fetchone()
+        return {"pending_images": int(row[0]), "conflicting_images": int(row[1])}
 
-    def _close_review(self, review_id: str, author: str, feedback_id: str) -> None:
+    def _update_each(self, sql: str, first: tuple, ids: list[str]) -> int:
+        with self._transaction():
+            return sum(self._execute(sql, (*first, i)).rowcount for i in ids)
+
+    def mark_consumed(self, ids: list[str], run: str) -> int:
+        sql = "UPDATE feedback SET consumed_by = ? WHERE consumed_by IS NULL AND id = ?"
+        return self._update_each(sql, (run,), ids)
+
+    def mark_rejected(self, ids: list[str], by: str) -> int:
+        sql = "UPDATE feedback SET rejected_by = ? WHERE consumed_by IS NULL AND rejected_by IS NULL AND id = ?"
+        return self._update_each(sql, (by,), ids)
+
+    def requeue(self, ids: list[str]) -> int:
+        sql = "UPDATE feedback SET rejected_by = NULL WHERE rejected_by IS NOT NULL AND id = ?"
+        return self._update_each(sql, (), ids)
+
+    def ids_of(self, rejected: bool, author: str = "", rejected_by: str = "") -> list[str]:
+        where = ["rejected_by IS NOT NULL" if rejected else "rejected_by IS NULL AND consumed_by IS NULL"]
+        args = []
+        for column, value in (("author", author), ("rejected_by", rejected_by)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self._execute(f"SELECT id FROM feedback WHERE {' AND '.join(where)} ORDER BY seq", args)
+        return [r[0] for r in rows]
+
+    def _close_review(self, review_id: str, author: str, feedback_id: str, image_sha256: str) -> None:
         closed = self._execute(
             "UPDATE review SET feedback_id = ?, open_key = NULL "
-            "WHERE id = ? AND claimed_by = ? AND feedback_id IS NULL",
-            (feedback_id, review_id, author),
+            "WHERE id = ? AND claimed_by = ? AND feedback_id IS NULL AND image_sha256 = ?",
+            (feedback_id, review_id, author, image_sha256),
         ).rowcount
         if not closed:
             self._not_held(review_id, author)
+            raise ClaimError(f"review_id: the correction's image is not review item {review_id}'s image")
 
     def _not_held(self, review_id: str, expert: str, claiming: bool = False) -> None:
-        """Raise why expert cannot have (claiming) or does not hold the item."""
+        """Raise why expert cannot have (claiming) or does not hold the item; return when they hold it."""
         row = self._execute("SELECT claimed_by, feedback_id FROM review WHERE id = ?", (review_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"review_id: no review item {review_id[:64]!r}")
@@ -485,6 +566,8 @@ class _SQLStore(FeedbackStore):
             raise ClaimError(f"review item {review_id} is claimed by {holder!r} until its lease expires: take another")
         if holder is None:
             raise ClaimError(f"review item {review_id} is not claimed by {expert!r}: claim it first")
+        if holder == expert:
+            return
         raise ClaimError(
             f"review item {review_id} is claimed by {holder!r}, not {expert!r}: your claim expired and another "
             "expert took it"
@@ -543,7 +626,10 @@ class _SQLStore(FeedbackStore):
             ).fetchall()
             if inserted:
                 return row[0], True
-            return self._execute("SELECT id FROM review WHERE open_key = ?", (open_key,)).fetchone()[0], False
+            waiting = self._execute("SELECT id FROM review WHERE open_key = ?", (open_key,)).fetchone()
+            if waiting is None:  # closed between the two statements: this image may wait again
+                raise StoreUnavailable("the review queue changed during the call; send it again")
+            return waiting[0], False
 
     def _open_where(self, model_name: str, label: str) -> tuple[list[str], list]:
         where, args = ["r.feedback_id IS NULL"], []
@@ -555,7 +641,9 @@ class _SQLStore(FeedbackStore):
             args.append(label)
         return where, args
 
-    def review_items(self, model_name: str = "", label: str = "", limit: int = 50, viewer: str = "") -> list:
+    def review_items(
+        self, model_name: str = "", label: str = "", limit: int = settings.REVIEW_LIST_DEFAULT, viewer: str = ""
+    ) -> list:
         where, args = self._open_where(model_name, label)
         where.append("(r.claimed_by IS NULL OR r.lease_until < ? OR r.claimed_by = ?)")
         rows = self._execute(
@@ -574,7 +662,12 @@ class _SQLStore(FeedbackStore):
         return None if row is None else self._entry(row[:-1], _plain(row[-1]))
 
     def claim_review(
-        self, expert: str, review_id: str = "", model_name: str = "", label: str = "", lease_s: float = 600.0
+        self,
+        expert: str,
+        review_id: str = "",
+        model_name: str = "",
+        label: str = "",
+        lease_s: float = settings.REVIEW_LEASE_S,
     ) -> ReviewEntry | None:
         # a conditional UPDATE takes the item: of two experts racing for one, one changes the row, the other
         # changes nothing and tries the next candidate
@@ -587,7 +680,7 @@ class _SQLStore(FeedbackStore):
             "(r.claimed_by IS NULL OR r.lease_until < ?)",
             "NOT EXISTS (SELECT 1 FROM review_skips s WHERE s.review_id = r.id AND s.expert = ?)",
         ]
-        for _ in range(20):
+        for _ in range(settings.REVIEW_CLAIM_TRIES):
             now = time.time()
             if review_id:
                 candidate = review_id
@@ -709,9 +802,7 @@ class SQLiteStore(_SQLStore):
         """As the other stores do, but every submission goes through one writer, which commits all that wait
         in one transaction (one fsync): SQLite has one writer at a time anyway, and taking turns for its lock
         costs more than the writes."""
-        return self._writer.submit(
-            dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None)
-        )
+        return self._writer.submit(self._new(item))
 
     def _write_many(self, items: list[Item]) -> list[tuple[str, bool] | Exception]:
         """Each item written in a savepoint of one transaction: what fails for one item (a conflict, a malformed

@@ -45,6 +45,12 @@ def archive_name(name: str, version: int | str) -> str:
     return f"{name}.v{version}.mar"
 
 
+def versions_in(model_store: str | Path, name: str) -> list[int]:
+    """The versions of name whose archives the model store holds, in order."""
+    found = (p.name.removeprefix(f"{name}.v").removesuffix(".mar") for p in Path(model_store).glob(f"{name}.v*.mar"))
+    return sorted(int(v) for v in found if v.isdigit())
+
+
 def _stage_code(dest: Path) -> None:
     """Copies of the bundled packages in dest, without caches."""
     for package in BUNDLED:

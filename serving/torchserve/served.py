@@ -10,6 +10,7 @@ names a version that answered.
 from collections.abc import Callable
 from pathlib import Path
 
+from serving.torchserve import archive
 from serving.torchserve.client import TorchServeClient
 
 
@@ -61,3 +62,16 @@ def promote(
         client.set_default(record.name, previous)
         raise
     record.write(archive)
+
+
+def rollback(client: TorchServeClient, record: ServedRecord) -> tuple[str, str]:
+    """Make the version before the served one the default again (registering its archive if need be) and
+    record it, so that a restart serves it too; (from, to) versions. The rolled-back archive stays in the
+    model store: the next retraining run starts from what is served and numbers its version past every one."""
+    version, _ = default_version(client, record.name)
+    older = [v for v in archive.versions_in(record.model_store, record.name) if v < int(float(version))]
+    if not older:
+        raise ValueError(f"{record.name} serves version {version}; there is no earlier archive in {record.model_store}")
+    target = str(older[-1])
+    promote(client, record, archive.archive_name(record.name, target), target, version, lambda: None)
+    return version, target

@@ -16,12 +16,14 @@ class FeedbackState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FEEDBACK_STATE_UNSPECIFIED: _ClassVar[FeedbackState]
     FEEDBACK_STATE_PENDING: _ClassVar[FeedbackState]
     FEEDBACK_STATE_CONSUMED: _ClassVar[FeedbackState]
+    FEEDBACK_STATE_REJECTED: _ClassVar[FeedbackState]
 FEEDBACK_STATE_UNSPECIFIED: FeedbackState
 FEEDBACK_STATE_PENDING: FeedbackState
 FEEDBACK_STATE_CONSUMED: FeedbackState
+FEEDBACK_STATE_REJECTED: FeedbackState
 
 class Feedback(_message.Message):
-    __slots__ = ("id", "image", "image_sha256", "attention", "label", "prediction_id", "model_name", "model_version", "author", "idempotency_key", "created_time", "state", "consumed_by", "predicted_label")
+    __slots__ = ("id", "image", "image_sha256", "attention", "label", "prediction_id", "model_name", "model_version", "author", "idempotency_key", "created_time", "state", "consumed_by", "predicted_label", "rejected_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +38,7 @@ class Feedback(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     CONSUMED_BY_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LABEL_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     image: bytes
     image_sha256: str
@@ -50,7 +53,8 @@ class Feedback(_message.Message):
     state: FeedbackState
     consumed_by: str
     predicted_label: str
-    def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., image_sha256: _Optional[str] = ..., attention: _Optional[_Union[_prediction_pb2.AttentionMap, _Mapping]] = ..., label: _Optional[str] = ..., prediction_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., author: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[FeedbackState, str]] = ..., consumed_by: _Optional[str] = ..., predicted_label: _Optional[str] = ...) -> None: ...
+    rejected_by: str
+    def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., image_sha256: _Optional[str] = ..., attention: _Optional[_Union[_prediction_pb2.AttentionMap, _Mapping]] = ..., label: _Optional[str] = ..., prediction_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., author: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[FeedbackState, str]] = ..., consumed_by: _Optional[str] = ..., predicted_label: _Optional[str] = ..., rejected_by: _Optional[str] = ...) -> None: ...
 
 class SubmitFeedbackRequest(_message.Message):
     __slots__ = ("image", "attention", "label", "prediction_id", "model_name", "model_version", "author", "idempotency_key", "predicted_label", "review_id")
@@ -129,13 +133,17 @@ class Count(_message.Message):
     def __init__(self, key: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class GetFeedbackStatsResponse(_message.Message):
-    __slots__ = ("total", "by_state", "by_label", "by_model_version")
+    __slots__ = ("total", "by_state", "by_label", "by_model_version", "pending_images", "conflicting_images")
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     BY_STATE_FIELD_NUMBER: _ClassVar[int]
     BY_LABEL_FIELD_NUMBER: _ClassVar[int]
     BY_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CONFLICTING_IMAGES_FIELD_NUMBER: _ClassVar[int]
     total: int
     by_state: _containers.RepeatedCompositeFieldContainer[Count]
     by_label: _containers.RepeatedCompositeFieldContainer[Count]
     by_model_version: _containers.RepeatedCompositeFieldContainer[Count]
-    def __init__(self, total: _Optional[int] = ..., by_state: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., by_label: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., by_model_version: _Optional[_Iterable[_Union[Count, _Mapping]]] = ...) -> None: ...
+    pending_images: int
+    conflicting_images: int
+    def __init__(self, total: _Optional[int] = ..., by_state: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., by_label: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., by_model_version: _Optional[_Iterable[_Union[Count, _Mapping]]] = ..., pending_images: _Optional[int] = ..., conflicting_images: _Optional[int] = ...) -> None: ...
