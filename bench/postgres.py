@@ -4,6 +4,7 @@ postgresql package) in a temporary folder, on a free loopback port."""
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,6 +17,13 @@ def find_initdb() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     path = found[-1] if found else shutil.which("initdb")
     return Path(path) if path else None
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def with_database(url: str, name: str) -> str:
@@ -87,6 +95,17 @@ class PostgresServer:
         except (OSError, ValueError, IndexError):
             return None
 
+    def pause(self, resume: bool = False) -> None:
+        """SIGSTOP the server and its backends (a hung machine: connections stay open, nothing answers), or
+        SIGCONT them."""
+        pid = self.postmaster_pid()
+        assert pid is not None, "the server is not running"
+        children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == pid]
+        for p in [pid, *(int(c.name) for c in children)]:
+            os.kill(p, signal.SIGCONT if resume else signal.SIGSTOP)
+
     def remove(self) -> None:
+        if self.postmaster_pid() is not None:
+            self.pause(resume=True)  # a paused server would not stop
         self.stop("immediate")
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -48,6 +48,7 @@ HEALTH_TIMEOUT_S = 5.0  # `abn health`'s deadline per call
 STORE_CONNECT_TIMEOUT_S = 10  # connecting to PostgreSQL; libpq alone would wait forever
 STORE_STATEMENT_TIMEOUT_S = 30  # one PostgreSQL statement, lock waits included
 STORE_PROBE_INTERVAL_S = 2.0  # how often the feedback service's health checks its store
+STORE_PROBE_DEADLINE_S = 5.0  # a probe without an answer by then (a paused server, a hung disk) means unreachable
 FEEDBACK_RETRIES = 3  # attempts of a submission while the feedback service is unavailable
 SHUTDOWN_GRACE_S = 30  # calls in flight may finish within this when a service stops
 

@@ -59,6 +59,24 @@ def outage_server():
     server.remove()
 
 
+def test_a_paused_postgres_is_unreachable_for_health_and_serving_again_when_it_resumes(outage_server):
+    """SIGSTOP: connections stay open and nothing answers, so a probe waits without end; the watchdog says
+    NOT_SERVING after the probe's deadline, and the next probe after SIGCONT says SERVING."""
+    store = open_store(outage_server.url)
+    service = FeedbackServer(store, "127.0.0.1:0", probe_interval=PROBE_S, probe_deadline=2.0)
+    try:
+        assert health(service.port) == health_pb2.HealthCheckResponse.SERVING
+        outage_server.pause()
+        waited = wait_for_health(service.port, health_pb2.HealthCheckResponse.NOT_SERVING, within=2.0 + PROBE_S * 4)
+        assert waited >= 1.0  # not before the deadline
+        outage_server.pause(resume=True)
+        wait_for_health(service.port, health_pb2.HealthCheckResponse.SERVING, within=10)
+    finally:
+        outage_server.pause(resume=True)
+        service.stop(grace=1)
+        store.close()
+
+
 def test_health_and_statuses_follow_a_postgres_outage_and_a_resent_correction_is_stored_once(outage_server):
     store = open_store(outage_server.url)
     service = FeedbackServer(store, "127.0.0.1:0", probe_interval=PROBE_S)

@@ -17,6 +17,7 @@ ErrorStatus, the one place where exceptions become gRPC statuses.
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -162,16 +163,30 @@ def _aborted(context) -> bool:
 
 
 class StoreHealth:
-    """Keeps the health service in step with the store: it probes the store every interval seconds (one
-    thread, the only one that sets the status)."""
+    """Keeps the health service in step with the store: one thread probes the store every interval seconds;
+    a watchdog sets NOT_SERVING when a probe has had no answer for deadline seconds (a paused database answers
+    nothing, and nothing on this side can interrupt the wait)."""
 
-    def __init__(self, store: FeedbackStore, servicer: health.HealthServicer, interval: float):
-        self.store, self.servicer, self.interval = store, servicer, interval
+    def __init__(
+        self,
+        store: FeedbackStore,
+        servicer: health.HealthServicer,
+        interval: float,
+        deadline: float = settings.STORE_PROBE_DEADLINE_S,
+    ):
+        self.store, self.servicer, self.interval, self.deadline = store, servicer, interval, deadline
         self._stop = threading.Event()
         self._serving: bool | None = None
+        self._lock = threading.Lock()  # the prober and the watchdog both set the status
+        self._probing_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="store-health", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name="store-health-watchdog", daemon=True)
 
     def _set(self, serving: bool) -> None:
+        with self._lock:
+            self._set_locked(serving)
+
+    def _set_locked(self, serving: bool) -> None:
         if serving != self._serving:
             changed, self._serving = self._serving is not None, serving
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -183,25 +198,39 @@ class StoreHealth:
                 logger.info("feedback store reachable again: SERVING")
 
     def probe(self) -> None:
+        self._probing_since = time.monotonic()
         try:
             self.store.ping()
             self._set(True)
         except Exception as e:  # any failure to answer means the service cannot serve
             logger.warning("feedback store probe: %s", e)
             self._set(False)
+        finally:
+            self._probing_since = None
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.probe()
 
+    def _watch(self) -> None:
+        while not self._stop.wait(min(self.interval, self.deadline) / 2):
+            since = self._probing_since
+            if since is not None and time.monotonic() - since > self.deadline:
+                if self._serving:
+                    logger.warning("feedback store probe: no answer for %.0f s", self.deadline)
+                self._set(False)
+
     def start(self) -> None:
         self.probe()
         self._thread.start()
+        self._watchdog.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()  # a probe in flight ends before the store closes
+            self._thread.join(self.deadline)  # a probe in flight ends before the store closes, unless it hangs
+        if self._watchdog.is_alive():
+            self._watchdog.join()
 
 
 class FeedbackServer:
@@ -218,9 +247,10 @@ class FeedbackServer:
         workers: int = 16,
         probe_interval: float = settings.STORE_PROBE_INTERVAL_S,
         review_lease_s: float = settings.REVIEW_LEASE_S,
+        probe_deadline: float = settings.STORE_PROBE_DEADLINE_S,
     ):
         health_servicer = health.HealthServicer()
-        self.health = StoreHealth(store, health_servicer, probe_interval)
+        self.health = StoreHealth(store, health_servicer, probe_interval, probe_deadline)
         identities = Identities(store, token)
         interceptors: list[grpc.ServerInterceptor] = [TokenAuth(identities)] if token else []
         interceptors.append(ErrorStatus())
