@@ -11,6 +11,13 @@ import numpy as np
 from PIL import Image
 
 
+def png(array: np.ndarray) -> bytes:
+    """A grey PNG of an array of values in [0, 1]."""
+    buf = io.BytesIO()
+    Image.fromarray((array * 255).round().astype("uint8")).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def noise_pngs(n: int, size: int) -> list[bytes]:
     """Distinct RGB noise PNGs of size x size (noise does not compress: 128 px is about 50 KB)."""
     rng = np.random.default_rng(0)

@@ -10,15 +10,14 @@ retrain_scale.json into --out.
 """
 
 import argparse
-import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from bench.load import png
 from finetune import decoy_digits, train
 from serving import retraining
 from serving.client import Client
@@ -27,12 +26,6 @@ from serving.feedback.store import SQLiteStore
 from serving.torchserve import archive
 from serving.torchserve.config import ServeConfig
 from serving.torchserve.process import TorchServe
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray((array * 255).round().astype("uint8")).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def corrections(n: int) -> list[tuple[bytes, np.ndarray, str]]:

@@ -49,10 +49,10 @@ def trained_on(meta: dict) -> dict:
     return source
 
 
-def own_split(meta: dict, split: str, folder: str | None = None) -> SizedSet:
-    """A split ("train", "val") of the model's own data: the built-in set it was trained on, or its image
-    folder (folder, when given, replaces the one recorded), split as training split it. DataError, naming the
-    option to give, when the folder is gone."""
+def own_data(meta: dict, folder: str | None = None) -> tuple[SizedSet, SizedSet]:
+    """(train, val) of the model's own data: the built-in set it was trained on, or its image folder (folder,
+    when given, replaces the one recorded), split as training split it; the folder is read (and every image
+    checked) once for both. DataError, naming the option to give, when the folder is gone."""
     source = trained_on(meta)
     size = tuple(meta["input_size"])
     if source.get("data") in data.BUILTIN and folder is None:
@@ -62,9 +62,10 @@ def own_split(meta: dict, split: str, folder: str | None = None) -> SizedSet:
             clean=source.get("decoy") is None,
             data_seed=source.get("data_seed", 0),
         )
-        own = data.builtin_split(cfg, split, size)
-        own.has_map[:] = False  # its object masks are not corrections
-        return own
+        splits = [data.builtin_split(cfg, split, size) for split in ("train", "val")]
+        for own in splits:
+            own.has_map[:] = False  # its object masks are not corrections
+        return splits[0], splits[1]
     root = folder or source.get("data")
     if not root or not Path(root).is_dir():
         raise DataError(
@@ -75,8 +76,7 @@ def own_split(meta: dict, split: str, folder: str | None = None) -> SizedSet:
     cfg = DataConfig(
         data=root, val_data=val_data, val_fraction=source.get("val_fraction", 0.1), data_seed=source.get("data_seed", 0)
     )
-    train, val = data.folder_splits(ImageFolder(root, size, classes=meta["classes"]), cfg, size)
-    return train if split == "train" else val
+    return data.folder_splits(ImageFolder(root, size, classes=meta["classes"]), cfg, size)
 
 
 def tune(

@@ -175,8 +175,8 @@ class Retrain:
         order = np.random.default_rng(0).permutation(len(items))
         n_check = max(1, round(self.cfg.holdout * len(items)))
         check, tune = [items[i] for i in order[:n_check]], [items[i] for i in order[n_check:]]
-        replay = candidate.own_split(meta, "train", self.cfg.replay_data)
-        trusted = {"validation split": candidate.own_split(meta, "val", self.cfg.replay_data)}
+        replay, own_val = candidate.own_data(meta, self.cfg.replay_data)
+        trusted = {"validation split": own_val}
         if self.cfg.gate_data:
             trusted["gate folder"] = ImageFolder(self.cfg.gate_data, tuple(meta["input_size"]), classes=meta["classes"])
 

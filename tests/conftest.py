@@ -6,24 +6,15 @@ without either, the PostgreSQL tests are skipped. A test that stops and starts a
 its own PostgresServer.
 """
 
-import io
 import os
 import struct
 import uuid
 
-import numpy as np
 import psycopg
 import pytest
-from PIL import Image
 
+from bench.load import png  # noqa: F401  (the suites import it from here)
 from bench.postgres import PostgresServer, with_database
-
-
-def png(array: np.ndarray) -> bytes:
-    """A grey PNG of an array of values in [0, 1]."""
-    buf = io.BytesIO()
-    Image.fromarray((array * 255).round().astype("uint8")).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def dds() -> bytes:

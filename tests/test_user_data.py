@@ -59,7 +59,7 @@ def test_corrections_repair_a_model_trained_on_an_image_folder(tmp_path):
         tune = TuneConfig()
         parent = ckpt.read_bytes()
         alone, _ = candidate.tune(parent, corrections, tune, None)
-        replay = candidate.own_split(meta, "train")
+        replay, _ = candidate.own_data(meta)
         assert len(replay) == len(split.images) - round(0.1 * len(split.images))  # the folder's training split
         replayed, _ = candidate.tune(parent, corrections, tune, replay)
         before, without, with_replay = accuracy(model), accuracy(alone), accuracy(replayed)
