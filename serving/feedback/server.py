@@ -184,10 +184,8 @@ class StoreHealth:
 
     def _set(self, serving: bool) -> None:
         with self._lock:
-            self._set_locked(serving)
-
-    def _set_locked(self, serving: bool) -> None:
-        if serving != self._serving:
+            if serving == self._serving:
+                return
             changed, self._serving = self._serving is not None, serving
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", SERVICE, REVIEW_SERVICE):
