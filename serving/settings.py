@@ -46,7 +46,10 @@ TOKEN_EXPIRATION_MIN = 60.0  # TorchServe's inference and management keys
 CALL_TIMEOUT_S = 60.0  # a client's deadline per call
 HEALTH_TIMEOUT_S = 5.0  # `abn health`'s deadline per call
 STORE_CONNECT_TIMEOUT_S = 10  # connecting to PostgreSQL; libpq alone would wait forever
-STORE_STATEMENT_TIMEOUT_S = 30  # one PostgreSQL statement, lock waits included
+STORE_STATEMENT_TIMEOUT_S = 10  # one PostgreSQL statement, lock waits included (the server's own timeout)
+# a PostgreSQL statement with no answer at all by then ends on this side: a paused or cut-off server cannot time
+# itself out; longer than the statement timeout, so a slow statement is ended by the server, with its reason
+STORE_ANSWER_DEADLINE_S = STORE_STATEMENT_TIMEOUT_S + 5
 STORE_PROBE_INTERVAL_S = 2.0  # how often the feedback service's health checks its store
 STORE_PROBE_DEADLINE_S = 5.0  # a probe without an answer by then (a paused server, a hung disk) means unreachable
 FEEDBACK_RETRIES = 3  # attempts of a submission while the feedback service is unavailable

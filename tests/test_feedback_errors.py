@@ -16,9 +16,10 @@ from PIL import Image
 
 from handlers import wire
 from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
+from serving import settings
 from serving.feedback.client import FeedbackClient
 from serving.feedback.server import FeedbackServer
-from serving.feedback.store import SQLiteStore, open_store
+from serving.feedback.store import PostgresStore, SQLiteStore, open_store
 
 PROBE_S = 0.5  # the health probe's interval in these tests
 
@@ -59,18 +60,36 @@ def outage_server():
     server.remove()
 
 
-def test_a_paused_postgres_is_unreachable_for_health_and_serving_again_when_it_resumes(outage_server):
-    """SIGSTOP: connections stay open and nothing answers, so a probe waits without end; the watchdog says
-    NOT_SERVING after the probe's deadline, and the next probe after SIGCONT says SERVING."""
-    store = open_store(outage_server.url)
+def test_a_paused_postgres_fails_calls_fast_and_everything_serves_again_when_it_resumes(outage_server):
+    """SIGSTOP: connections stay open and nothing answers, so nothing on the server's side ends a wait. A call
+    that reached the store ends UNAVAILABLE after the store's answer deadline (not the caller's), health says
+    NOT_SERVING after the probe's deadline, calls from then on are refused at once, and after SIGCONT everything
+    serves again with the correction sent again stored once."""
+    store = PostgresStore(outage_server.url, answer_deadline=3.0)
     service = FeedbackServer(store, "127.0.0.1:0", probe_interval=PROBE_S, probe_deadline=2.0)
+    stub = feedback_pb2_grpc.FeedbackServiceStub(grpc.insecure_channel(f"127.0.0.1:{service.port}"))
     try:
-        assert health(service.port) == health_pb2.HealthCheckResponse.SERVING
+        assert stub.SubmitFeedback(request(1, "before"), timeout=30).created
         outage_server.pause()
-        waited = wait_for_health(service.port, health_pb2.HealthCheckResponse.NOT_SERVING, within=2.0 + PROBE_S * 4)
-        assert waited >= 1.0  # not before the deadline
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.SubmitFeedback(request(2, "during"), timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+        assert time.monotonic() - started < 3.0 + 3  # the answer deadline, far from the call's 30 s
+        wait_for_health(service.port, health_pb2.HealthCheckResponse.NOT_SERVING, within=2.0 + PROBE_S * 4)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetFeedbackStats(feedback_pb2.GetFeedbackStatsRequest(), timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 1.0  # refused without waiting on the store
         outage_server.pause(resume=True)
-        wait_for_health(service.port, health_pb2.HealthCheckResponse.SERVING, within=10)
+        wait_for_health(
+            service.port, health_pb2.HealthCheckResponse.SERVING, within=settings.STORE_CONNECT_TIMEOUT_S + 5
+        )
+        first = stub.SubmitFeedback(request(2, "during"), timeout=30)
+        again = stub.SubmitFeedback(request(2, "during"), timeout=30)
+        assert again.id == first.id and not again.created
+        assert stub.GetFeedbackStats(feedback_pb2.GetFeedbackStatsRequest(), timeout=30).total == 2
     finally:
         outage_server.pause(resume=True)
         service.stop(grace=1)

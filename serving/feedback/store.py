@@ -15,9 +15,11 @@ replaced on next use, so the store recovers by itself when the database does.
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import queue
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -302,6 +304,7 @@ class _SQLStore(FeedbackStore):
     _BY_KEY = f"SELECT id, {', '.join(_PAYLOAD)} FROM feedback WHERE idempotency_key = ?"
 
     _PING: str  # the cheapest statement that needs the database
+    _BEGIN = "BEGIN"
 
     def __init__(self):
         self._local = threading.local()
@@ -317,9 +320,21 @@ class _SQLStore(FeedbackStore):
     def _run(self, sql: str, args=()):
         """A cursor over the result of sql on this thread's connection."""
 
-    @abstractmethod
+    @contextmanager
     def _begin(self):
-        """A context manager: the statements in it commit together, or not at all."""
+        """The statements in it commit together, or not at all. Plain statements rather than the drivers'
+        transaction helpers, so that BEGIN and COMMIT are bounded in time as every other statement is."""
+        self._run(self._BEGIN)
+        try:
+            yield
+        except BaseException:
+            self._rollback()
+            raise
+        self._run("COMMIT")
+
+    @abstractmethod
+    def _rollback(self) -> None:
+        """End this thread's transaction, if one is open, without its changes."""
 
     @property
     @abstractmethod
@@ -785,6 +800,7 @@ class SQLiteStore(_SQLStore):
     # error) are our own mistakes.
     _OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14})
     _PING = "SELECT COUNT(*) FROM sqlite_master"  # reads the file, unlike SELECT 1
+    _BEGIN = "BEGIN IMMEDIATE"  # writers queue here, so what a transaction reads stays true until it commits
 
     def _is_outage(self, e: Exception) -> bool:
         code = getattr(e, "sqlite_errorcode", None)
@@ -848,17 +864,10 @@ class SQLiteStore(_SQLStore):
     def _run(self, sql: str, args=()) -> sqlite3.Cursor:
         return self._db().execute(sql, args)
 
-    @contextmanager
-    def _begin(self):
+    def _rollback(self) -> None:
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")  # writers queue here, so what a transaction reads stays true until it commits
-        try:
-            yield
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
 
     def _migrate(self) -> None:
         # DDL is transactional here too: a failed migration leaves the previous version; and a second opener
@@ -884,9 +893,59 @@ class SQLiteStore(_SQLStore):
         copy.close()
 
 
+class AnswerDeadline:
+    """Ends a statement that has had no answer for seconds by shutting its connection's socket down, so that
+    the driver fails at once with the connection lost. A paused or cut-off server answers nothing (its own
+    statement_timeout cannot fire) and the kernel still acknowledges what is sent, so nothing else would end
+    the wait. One thread watches every statement in flight."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._armed: dict[int, tuple[float, int]] = {}  # statement -> (deadline, socket's file descriptor)
+        self._fired: set[int] = set()
+        self._lock = threading.Lock()
+        self._count = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def bound(self, fd: int):
+        with self._lock:
+            token = next(self._count)
+            self._armed[token] = (time.monotonic() + self.seconds, fd)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="store-answer-deadline", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        except psycopg.OperationalError as e:
+            if token in self._fired:
+                raise psycopg.OperationalError(
+                    f"no answer within {self.seconds:g} s (the server may be paused or cut off)"
+                ) from e
+            raise
+        finally:
+            with self._lock:  # the socket is never shut down once its statement is over
+                self._armed.pop(token, None)
+                self._fired.discard(token)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(self.seconds / 4, 0.5))
+            with self._lock:
+                now = time.monotonic()
+                for token, (deadline, fd) in list(self._armed.items()):
+                    if now >= deadline:
+                        del self._armed[token]
+                        self._fired.add(token)
+                        # a duplicate of the descriptor, so closing it leaves the connection's own
+                        with socket.socket(fileno=os.dup(fd)) as sock:
+                            sock.shutdown(socket.SHUT_RDWR)
+
+
 class PostgresStore(_SQLStore):
     """The store in a PostgreSQL database: postgresql://user:password@host:port/database. Connecting and
-    each statement are bounded in time (settings), unless the URL sets connect_timeout or options."""
+    each statement are bounded in time (settings), unless the URL sets connect_timeout or options; a
+    statement with no answer at all ends after answer_deadline seconds (AnswerDeadline)."""
 
     _PING = "SELECT 1"
 
@@ -894,8 +953,9 @@ class PostgresStore(_SQLStore):
         # the server gone or refusing, a connection dropped, a statement timed out, out of disk or memory
         return isinstance(e, psycopg.OperationalError)
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, answer_deadline: float = settings.STORE_ANSWER_DEADLINE_S):
         super().__init__()
+        self._deadline = AnswerDeadline(answer_deadline)
         try:
             info = psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError as e:
@@ -928,12 +988,20 @@ class PostgresStore(_SQLStore):
             raise StoreUnavailable(f"cannot connect to {self._where}: {self._reason(e)}") from None
 
     def _run(self, sql: str, args=()) -> psycopg.Cursor:
+        db = self._db()
         # psycopg's placeholder is %s (no query here has a literal ? or %); no arguments, no placeholders, so
-        # a migration can hold several statements
-        return self._db().execute(sql.replace("?", "%s"), args or None)
+        # a migration can hold several statements. The cursor holds the whole result once execute returns.
+        with self._deadline.bound(db.fileno()):
+            return db.execute(sql.replace("?", "%s"), args or None)
 
-    def _begin(self):
-        return self._db().transaction()
+    def _rollback(self) -> None:
+        db = self._db()
+        if db.closed or db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return  # nothing open, or the connection is lost and the server rolls back by itself
+        try:
+            self._run("ROLLBACK")
+        except psycopg.OperationalError:
+            pass  # the error that led here is the one to report
 
     def _migrate(self) -> None:
         with self._transaction():  # DDL is transactional here: a failed migration leaves the previous version
