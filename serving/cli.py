@@ -263,7 +263,8 @@ def _package_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    services.serve(_serve_config(args, dict(m.split("=", 1) for m in args.models)))
+    models = dict(m.split("=", 1) for m in args.models)
+    services.serve(_serve_config(args, models), follow=args.store if args.follow else None)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -325,6 +326,12 @@ def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--fail-at", choices=retraining.STEPS, help="fail on purpose at this step (for tests)")
     g.add_argument("--schedule", help='a cron expression, e.g. "0 3 * * *": keep running, one run per slot')
+    g.add_argument(
+        "--publish",
+        action="store_true",
+        help="promote by recording the new archive as served in the store, without TorchServe: the replicas that "
+        "follow the store (abn serve --follow) load it",
+    )
     _tune_arguments(parser)
 
 
@@ -484,14 +491,21 @@ def _selection_arguments(p: argparse.ArgumentParser, runs: bool) -> None:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> None:
-    with TorchServeClient(_target(args), model=args.model) as client:
-        before, after = served.rollback(client, served.ServedRecord(args.model_store, args.model))
-    print(f"{args.model}: version {after} is the default again (was {before}); a restart serves it too")
+    def rollback(store) -> tuple[str, str]:
+        with TorchServeClient(_target(args), model=args.model) as client:
+            return served.rollback(client, served.ServedRecord(store, args.model_store, args.model))
+
+    before, after = _with_store(args, rollback)
+    print(
+        f"{args.model}: version {after} is the default again (was {before}); a restart, and every replica that "
+        "follows the store, serves it too"
+    )
 
 
 def _rollback_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=settings.MODEL_NAME, help="served model name")
     p.add_argument("--model-store", default=settings.MODEL_STORE, help="TorchServe's model store")
+    _store_argument(p)
     _target_arguments(p)
 
 
@@ -571,8 +585,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         default=[f"{settings.MODEL_NAME}={archive.archive_name(settings.MODEL_NAME, 1)}"],
-        help="NAME=ARCHIVE pairs to load",
+        help="NAME=ARCHIVE pairs to load (with --follow, what the store records as served wins)",
     )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="serve the versions the feedback store records as served, and follow each promotion (replicas that "
+        "share a store and a model store)",
+    )
+    _store_argument(p)
     _command(
         sub,
         "demo",

@@ -1,7 +1,7 @@
 """The retraining sequence: fine-tune the served model on collected feedback and promote it.
 
 One run:
-  1. takes a lock (a second run exits cleanly, saying so);
+  1. takes the store's retraining lock (a second run, on this machine or another, exits cleanly, saying so);
   2. snapshots the pending feedback for the served model, one correction per image (select), and stops,
      saying so, when there is too little;
   3. fine-tunes the served version (read out of its .mar) with finetune.candidate, on the corrections minus
@@ -12,7 +12,8 @@ One run:
      corrections it used rejected by it, so they are not tried again unless requeued;
   5. builds the .mar of version N+1 with the served archive's settings (the ONNX export is checked against
      PyTorch inside);
-  6. promotes it (serving.torchserve.served): registers it, makes it the default, sends one live prediction;
+  6. promotes it (serving.torchserve.served): registers it, makes it the default, sends one live prediction,
+     records it in the store; or, with publish, only records it (the replicas that follow the record load it);
   7. only then marks the snapshot consumed by this run;
   8. writes report.json and report.png into the run's folder.
 A failure at any step leaves version N serving and the feedback pending. A run that built its archive
@@ -20,7 +21,6 @@ but could not promote it (TorchServe down) leaves pending.json behind: the next 
 without training again. fail_at makes a run fail at a step, so tests can cause each fault.
 """
 
-import fcntl
 import json
 import math
 import time
@@ -37,12 +37,12 @@ from finetune.data import ImageFolder
 from finetune.gate import GateConfig
 from finetune.knowledge import TuneConfig
 from serving import settings
-from serving.feedback.store import Item, open_store
+from serving.feedback.store import FeedbackStore, Item, display_url, open_store
 from serving.torchserve import archive, served
 from serving.torchserve.client import TorchServeClient
 from serving.torchserve.config import ServeConfig, Target
 
-STEPS = ("snapshot", "finetune", "evaluate", "package", "register", "set_default", "live_check", "consume")
+STEPS = ("snapshot", "finetune", "evaluate", "package", "register", "set_default", "live_check", "publish", "consume")
 
 
 @dataclass
@@ -59,6 +59,7 @@ class RetrainConfig:
     gate_data: str | None = None  # an image folder representative of real use: a second trusted check
     fail_at: str | None = None  # fail on purpose at this step (one of STEPS), for tests
     schedule: str | None = None  # a cron expression: keep running, one run per slot
+    publish: bool = False  # promote by recording the archive in the store only: the replicas that follow load it
     tune: TuneConfig = field(default_factory=TuneConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
@@ -122,16 +123,16 @@ def select(items: list[Item], max_author_share: float) -> Selection:
 
 
 class Retrain:
-    def __init__(self, cfg: RetrainConfig):
+    def __init__(self, cfg: RetrainConfig, store: FeedbackStore):
         self.cfg = cfg
         self.workdir = Path(cfg.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)  # corrections' images in its reports
         self.pending_path = self.workdir / "pending.json"
         self.id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.folder = self.workdir / self.id
-        self.store = open_store(cfg.store)
-        self.client = TorchServeClient(cfg.target, model=cfg.model)
-        self.record = served.ServedRecord(cfg.model_store, cfg.model)
+        self.store = store
+        self.client = None if cfg.publish else TorchServeClient(cfg.target, model=cfg.model)
+        self.record = served.ServedRecord(store, cfg.model_store, cfg.model)
         self.report: dict = {"run": self.id, "model": cfg.model, "steps": [], "outcome": None}
 
     def step(self, name: str) -> None:
@@ -145,8 +146,7 @@ class Retrain:
         if self.pending_path.exists():
             return self.promote(json.loads(self.pending_path.read_text()))
         self.step("snapshot")
-        version, archive_file = served.default_version(self.client, self.cfg.model)
-        served_archive = Path(self.cfg.model_store) / archive_file
+        version, served_archive = self._served()
         parent = archive.checkpoint_of(served_archive)
         meta = checkpoint.read_metadata(parent)
         pending_items = [
@@ -236,11 +236,31 @@ class Retrain:
         self.pending_path.write_text(json.dumps(pending, indent=2) + "\n")
         return self.promote(pending)
 
+    def _served(self) -> tuple[str, Path]:
+        """The served version and its archive: as TorchServe says, or as recorded when publishing."""
+        if self.client is not None:
+            version, archive_file = served.default_version(self.client, self.cfg.model)
+            return version, Path(self.cfg.model_store) / archive_file
+        entry, path = self.store.served(self.cfg.model), self.record.archive()
+        if entry is None or path is None:
+            raise StepFailure(
+                f"the store records no served archive of {self.cfg.model} in {self.cfg.model_store}: start a "
+                "replica with `abn serve --follow --models NAME=ARCHIVE` once, which records it"
+            )
+        return entry.version, path
+
     def promote(self, pending: dict) -> dict:
         """Steps 6 and 7 for an archive that is built; pending.json goes once they are done."""
         self.id, self.report = pending["run"], pending["report"]
         self.folder = self.workdir / self.id
         consumed = 0
+        client = self.client
+        if client is None:
+            self.step("publish")
+            self.record.write(pending["archive"], pending["version"])
+            self.step("consume")
+            consumed = self.store.mark_consumed(pending["feedback"], self.id)
+            return self._promoted(pending, consumed, "recorded as served; the replicas that follow load it")
 
         def live_check_and_consume() -> None:
             nonlocal consumed
@@ -248,7 +268,7 @@ class Retrain:
             sample = self.store.get(pending["feedback"][0])
             if sample is None:
                 raise StepFailure(f"correction {pending['feedback'][0]} is no longer in the store")
-            answer = self.client.predict(sample.image, model=self.cfg.model)
+            answer = client.predict(sample.image, model=self.cfg.model)
             if answer.model_version != pending["version"]:
                 raise StepFailure(
                     f"the live prediction came from version {answer.model_version}, not {pending['version']}"
@@ -257,7 +277,7 @@ class Retrain:
             consumed = self.store.mark_consumed(pending["feedback"], self.id)
 
         served.promote(
-            self.client,
+            client,
             self.record,
             pending["archive"],
             pending["version"],
@@ -265,11 +285,12 @@ class Retrain:
             live_check_and_consume,
             self.step,
         )
+        return self._promoted(pending, consumed, "the default")
+
+    def _promoted(self, pending: dict, consumed: int, how: str) -> dict:
         self.report.update(outcome="promoted", promoted_version=pending["version"], consumed=consumed)
         self.pending_path.unlink()
-        print(
-            f"retrain: version {pending['version']} of {self.cfg.model} is the default; {consumed} corrections consumed"
-        )
+        print(f"retrain: version {pending['version']} of {self.cfg.model} is {how}; {consumed} corrections consumed")
         return self._write()
 
     def _write(self) -> dict:
@@ -279,28 +300,31 @@ class Retrain:
         return self.report
 
     def close(self) -> None:
-        self.client.close()
-        self.store.close()
+        if self.client is not None:
+            self.client.close()
 
 
 def run_once(cfg: RetrainConfig) -> dict | None:
-    """One run under the lock; None when another run holds it."""
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(workdir / "retrain.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"retrain: another run holds {workdir / 'retrain.lock'}; leaving it to finish")
-            return None
-        job = Retrain(cfg)
-        started = time.time()
-        try:
-            report = job.run()
-            report["seconds"] = time.time() - started
-            return report
-        finally:
-            job.close()
+    """One run under the store's retraining lock (a PostgreSQL advisory lock, or a file lock beside a SQLite
+    file); None when another run holds it."""
+    store = open_store(cfg.store)
+    try:
+        with store.exclusive("retrain") as held:
+            if not held:
+                print(
+                    f"retrain: another run holds the retraining lock of {display_url(cfg.store)}; leaving it to finish"
+                )
+                return None
+            job = Retrain(cfg, store)
+            started = time.time()
+            try:
+                report = job.run()
+                report["seconds"] = time.time() - started
+                return report
+            finally:
+                job.close()
+    finally:
+        store.close()
 
 
 def run_on_schedule(cfg: RetrainConfig) -> None:

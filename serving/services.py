@@ -4,6 +4,8 @@ SIGTERM, stop them cleanly. The command line builds the configurations and calls
 import dataclasses
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +19,10 @@ from serving.feedback.server import FeedbackServer, write_token
 from serving.feedback.service import known_classes
 from serving.feedback.store import FeedbackStore, display_url, open_store
 from serving.torchserve import archive
+from serving.torchserve.client import TorchServeClient
 from serving.torchserve.config import ServeConfig
 from serving.torchserve.process import TorchServe
-from serving.torchserve.served import ServedRecord
+from serving.torchserve.served import Follower, ServedRecord
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -70,8 +73,9 @@ def wait_for_stop() -> None:
     signal.sigwait(STOP_SIGNALS)
 
 
-def start_feedback(cfg: FeedbackConfig) -> tuple[FeedbackServer, FeedbackStore]:
-    store = open_store(cfg.store)
+def start_feedback(cfg: FeedbackConfig, store: FeedbackStore | None = None) -> tuple[FeedbackServer, FeedbackStore]:
+    """The feedback service on cfg's store, or on store when it is open already."""
+    store = store or open_store(cfg.store)
     token = write_token(cfg.token_file) if cfg.token_file else None
     tls = (Path(cfg.tls_cert).read_bytes(), Path(cfg.tls_key).read_bytes()) if cfg.tls_cert and cfg.tls_key else None
     server = FeedbackServer(store, cfg.address, token, tls, known_classes(cfg.checkpoints))
@@ -97,12 +101,50 @@ def _announce(cfg: ServeConfig) -> None:
     )
 
 
-def serve(cfg: ServeConfig) -> None:
-    """TorchServe alone, with the archives cfg names."""
+def serve(cfg: ServeConfig, follow: str | None = None) -> None:
+    """TorchServe alone, with the archives cfg names; follow: the URL of a feedback store whose record of what
+    is served this replica serves and follows (served.Follower)."""
     check_listen(serve=cfg)
-    with TorchServe(cfg):
-        _announce(cfg)
-        wait_for_stop()
+    if follow is None:
+        with TorchServe(cfg):
+            _announce(cfg)
+            wait_for_stop()
+        return
+    store = open_store(follow)
+    try:
+        cfg.models = _recorded(store, cfg.model_store, cfg.models)
+        with TorchServe(cfg), _following(cfg, store):
+            _announce(cfg)
+            wait_for_stop()
+    finally:
+        store.close()
+
+
+def _recorded(store: FeedbackStore, model_store: Path, models: dict[str, str]) -> dict[str, str]:
+    """The archives to start with: what the store records as served, for every model it records; a model named
+    in models that it does not record yet is recorded as models names it (the first replica's start)."""
+    chosen = dict(models)
+    for name in store.served_models():
+        path = ServedRecord(store, model_store, name).archive()
+        if path is not None:
+            chosen[name] = path.name
+    for name, mar in models.items():
+        if store.served(name) is None:
+            store.set_served(
+                name, mar, str(checkpoint.read_metadata(archive.checkpoint_of(model_store / mar))["version"])
+            )
+    return chosen
+
+
+@contextmanager
+def _following(cfg: ServeConfig, store: FeedbackStore) -> Iterator[None]:
+    with TorchServeClient(cfg.target) as client:
+        follower = Follower(client, store, cfg.model_store, list(cfg.models))
+        follower.start()
+        try:
+            yield
+        finally:
+            follower.stop()
 
 
 def feedback(cfg: FeedbackConfig) -> None:
@@ -163,7 +205,7 @@ def _queue_test_images(cfg: UpConfig, client: Client, name: str) -> None:
         done.touch()
 
 
-def _demo_archive(cfg: UpConfig) -> tuple[str, Path]:
+def _demo_archive(cfg: UpConfig, store: FeedbackStore) -> tuple[str, Path]:
     """The model's name and the archive to serve: the one promoted last, else the demo model's, trained and
     archived if need be; built again if it does not carry its code (an archive of an earlier version)."""
     train.train(train.TrainConfig(out=cfg.model_out, resume=True, epochs=cfg.epochs))
@@ -172,7 +214,7 @@ def _demo_archive(cfg: UpConfig) -> tuple[str, Path]:
     mar = cfg.serve.model_store / archive.archive_name(meta["name"], meta["version"])
     if not mar.exists() or mar.stat().st_mtime < ckpt.stat().st_mtime:
         archive.build(ckpt, cfg.serve.model_store)
-    served = ServedRecord(cfg.serve.model_store, meta["name"]).archive() or mar
+    served = ServedRecord(store, cfg.serve.model_store, meta["name"]).archive() or mar
     if not archive.carries_code(served):
         print(f"{served} does not carry the code its handler runs: building it again", flush=True)
         served = archive.rebuild(served)
@@ -181,48 +223,55 @@ def _demo_archive(cfg: UpConfig) -> tuple[str, Path]:
 
 def up(cfg: UpConfig) -> None:
     check_listen(cfg.serve, cfg.feedback, cfg.editor)
-    name, mar = _demo_archive(cfg)
+    store = open_store(cfg.feedback.store)
+    try:
+        name, mar = _demo_archive(cfg, store)
+        cfg.serve.models = _recorded(store, cfg.serve.model_store, {name: mar.name})
+        with TorchServe(cfg.serve):
+            _announce(cfg.serve)
+            with _following(cfg.serve, store):
+                _up_services(cfg, store, name)
+    finally:
+        store.close()
+
+
+def _up_services(cfg: UpConfig, store: FeedbackStore, name: str) -> None:
+    """The feedback service, the editor and the schedule beside a running TorchServe, until stopped."""
     sample = decoy_digits.build("test").images[0, 0]
     Image.fromarray((sample.numpy() * 255).round().astype("uint8")).save(Path(settings.RUNS) / "sample.png")
-    cfg.serve.models = {name: mar.name}
     cfg.feedback.checkpoints = cfg.feedback.checkpoints or [str(Path(cfg.model_out) / "checkpoint.pt")]
-    with TorchServe(cfg.serve):
-        _announce(cfg.serve)
-        server, store = start_feedback(cfg.feedback)
-        feedback_target = f"{settings.local_address(cfg.feedback.host)}:{server.port}"
-        ca = cfg.feedback.tls_cert  # this machine's clients trust the service's own certificate
-        with Client.for_services(cfg.serve, feedback_target, cfg.feedback.token_file, feedback_ca=ca) as client:
-            _queue_test_images(cfg, client, name)
-        gateway = None
-        if cfg.editor is not None:
-            gateway = start_editor(
-                dataclasses.replace(
-                    cfg.editor,
-                    target=cfg.serve.target,
-                    model=name,
-                    feedback=feedback_target,
-                    feedback_ca=cfg.editor.feedback_ca or ca,
-                    classes=cfg.editor.classes or known_classes(cfg.feedback.checkpoints),
-                )
+    server, _ = start_feedback(cfg.feedback, store)
+    feedback_target = f"{settings.local_address(cfg.feedback.host)}:{server.port}"
+    ca = cfg.feedback.tls_cert  # this machine's clients trust the service's own certificate
+    with Client.for_services(cfg.serve, feedback_target, cfg.feedback.token_file, feedback_ca=ca) as client:
+        _queue_test_images(cfg, client, name)
+    gateway = None
+    if cfg.editor is not None:
+        gateway = start_editor(
+            dataclasses.replace(
+                cfg.editor,
+                target=cfg.serve.target,
+                model=name,
+                feedback=feedback_target,
+                feedback_ca=cfg.editor.feedback_ca or ca,
+                classes=cfg.editor.classes or known_classes(cfg.feedback.checkpoints),
             )
-        if cfg.retrain_schedule:
-            job = retraining.for_services(
-                cfg.serve, model=name, store=cfg.feedback.store, schedule=cfg.retrain_schedule
-            )
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the thread inherits it: only this one waits
-            threading.Thread(target=retraining.run_on_schedule, args=(job,), daemon=True).start()
-        print(
-            'Try it: see README.md, "Asking for a prediction" and "Sending a correction" (runs/sample.png is '
-            "a test digit)",
-            flush=True,
         )
-        try:
-            wait_for_stop()
-        finally:
-            if gateway is not None:
-                gateway[0].stop()
-                gateway[1].close()
-            stop_feedback(server, store)
+    if cfg.retrain_schedule:
+        job = retraining.for_services(cfg.serve, model=name, store=cfg.feedback.store, schedule=cfg.retrain_schedule)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the thread inherits it: only this one waits
+        threading.Thread(target=retraining.run_on_schedule, args=(job,), daemon=True).start()
+    print(
+        'Try it: see README.md, "Asking for a prediction" and "Sending a correction" (runs/sample.png is a test digit)',
+        flush=True,
+    )
+    try:
+        wait_for_stop()
+    finally:
+        if gateway is not None:
+            gateway[0].stop()
+            gateway[1].close()
+        server.stop()  # calls in flight finish; the store closes after the follower stops
 
 
 def health(client: Client, model: str = "", feedback: bool = True) -> dict[str, bool]:

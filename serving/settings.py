@@ -53,6 +53,8 @@ STORE_ANSWER_DEADLINE_S = STORE_STATEMENT_TIMEOUT_S + 5
 STORE_PROBE_INTERVAL_S = 2.0  # how often the feedback service's health checks its store
 STORE_PROBE_DEADLINE_S = 5.0  # a probe without an answer by then (a paused server, a hung disk) means unreachable
 FEEDBACK_RETRIES = 3  # attempts of a submission while the feedback service is unavailable
+FOLLOW_INTERVAL_S = 5.0  # how often a replica reads which version is served (serving.torchserve.served.Follower)
+FOLLOW_GRACE_S = 30.0  # a replica unregisters the version it replaced this long after, so calls in flight finish
 SHUTDOWN_GRACE_S = 30  # calls in flight may finish within this when a service stops
 
 # The review queue and the experts

@@ -3,7 +3,6 @@ promote; and the faults on the way: a failure at any step leaves version 1 servi
 pending, and the next run succeeds."""
 
 import dataclasses
-import fcntl
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,7 +37,7 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
     store = SQLiteStore(tmp_path / "feedback.db")
     token = write_token(tmp_path / "token")
     feedback = FeedbackServer(store, "127.0.0.1:0", token)
-    record = ServedRecord(tmp_path / "store", "abn")
+    record = ServedRecord(store, tmp_path / "store", "abn")
     with TorchServe(cfg):
         client = Client.for_services(cfg, f"127.0.0.1:{feedback.port}", tmp_path / "token")
         # a gate folder representative of real use: test digits with their decoys anywhere
@@ -61,9 +60,8 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         assert run_with()["outcome"] == "too_little_feedback"
 
         # a second run while one holds the lock exits cleanly
-        with open(tmp_path / "retrain" / "retrain.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            assert run_with() is None
+        with store.exclusive("retrain") as held:
+            assert held and run_with() is None
 
         # corrections, as an expert would send them: predict, correct the map, submit
         split = decoy_digits.build("train")

@@ -14,6 +14,7 @@ replaced on next use, so the store recovers by itself when the database does.
 """
 
 import dataclasses
+import fcntl
 import hashlib
 import itertools
 import os
@@ -28,7 +29,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,11 @@ _MIGRATIONS = [
     """
     ALTER TABLE feedback ADD COLUMN rejected_by TEXT;
     """,
+    # which archive of each model is served: promotion writes it, every replica follows it
+    """
+    CREATE TABLE served (model_name TEXT PRIMARY KEY, archive TEXT NOT NULL, version TEXT NOT NULL,
+                         updated {real} NOT NULL);
+    """,
 ]
 MIGRATIONS = [m.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL") for m in _MIGRATIONS]
 POSTGRES_MIGRATIONS = [
@@ -97,6 +103,11 @@ POSTGRES_MIGRATIONS = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _SCHEMA_LOCK = 0x61626E  # PostgreSQL advisory lock id ("abn") that serialises migrations
+
+
+def _lock_id(name: str) -> int:
+    """The PostgreSQL advisory lock id of an exclusive() name: a signed 64-bit number of its hash."""
+    return int.from_bytes(hashlib.sha256(f"abn:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 class ConflictError(ValueError):
@@ -156,6 +167,15 @@ class ReviewEntry:
 class Expert:
     name: str
     created: float
+
+
+@dataclass
+class Served:
+    """The archive (a file name in the shared model store) and version of a model that is served."""
+
+    archive: str
+    version: str
+    updated: float
 
 
 def token_hash(token: str) -> str:
@@ -258,6 +278,21 @@ class FeedbackStore(ABC):
     def release_review(self, review_id: str, expert: str) -> None:
         """Give back expert's claim; expert will not be offered the item again. ClaimError if not held,
         NotFoundError when there is no such item."""
+
+    @abstractmethod
+    def served(self, model_name: str) -> Served | None:
+        """What promotion recorded last for model_name."""
+
+    @abstractmethod
+    def set_served(self, model_name: str, archive: str, version: str) -> None: ...
+
+    @abstractmethod
+    def served_models(self) -> list[str]: ...
+
+    @abstractmethod
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        """A lock named name, for every process that uses this database: yields True while this process holds
+        it, False when another does (without waiting). A process that dies releases it."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -726,6 +761,22 @@ class _SQLStore(FeedbackStore):
                 "INSERT INTO review_skips (review_id, expert) VALUES (?, ?) ON CONFLICT DO NOTHING", (review_id, expert)
             )
 
+    def served(self, model_name: str) -> Served | None:
+        row = self._execute(
+            "SELECT archive, version, updated FROM served WHERE model_name = ?", (model_name,)
+        ).fetchone()
+        return None if row is None else Served(*row)
+
+    def set_served(self, model_name: str, archive: str, version: str) -> None:
+        self._execute(
+            "INSERT INTO served (model_name, archive, version, updated) VALUES (?, ?, ?, ?) ON CONFLICT (model_name) "
+            "DO UPDATE SET archive = excluded.archive, version = excluded.version, updated = excluded.updated",
+            (model_name, archive, version, time.time()),
+        )
+
+    def served_models(self) -> list[str]:
+        return [r[0] for r in self._execute("SELECT model_name FROM served ORDER BY model_name")]
+
     def close(self) -> None:
         with self._lock:
             for _, db in self._connections:
@@ -841,6 +892,19 @@ class SQLiteStore(_SQLStore):
     def close(self) -> None:
         self._writer.close()
         super().close()
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A file lock beside the database file (<file>.<name>.lock): every process on this machine that uses
+        the database sees it; the kernel releases it when the process dies."""
+        path = Path(f"{self.path}.{name}.lock")
+        with open(os.open(path, os.O_CREAT | os.O_RDWR, 0o600), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
 
     def _owner_only(self) -> None:
         """The database (images, authors) readable by its owner only: created so, and tightened if it is not.
@@ -1002,6 +1066,19 @@ class PostgresStore(_SQLStore):
             self._run("ROLLBACK")
         except psycopg.OperationalError:
             pass  # the error that led here is the one to report
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A PostgreSQL session advisory lock on a connection of its own, held while it is open: every machine
+        that uses the database sees it, and the server releases it when the connection ends (the process
+        died, or the machine is cut off)."""
+        db = self._connect()
+        try:
+            with self._outage_is_unavailable(), self._deadline.bound(db.fileno()):
+                row = db.execute("SELECT pg_try_advisory_lock(%s)", (_lock_id(name),)).fetchone()
+            yield bool(row and row[0])
+        finally:
+            db.close()
 
     def _migrate(self) -> None:
         with self._transaction():  # DDL is transactional here: a failed migration leaves the previous version

@@ -155,6 +155,10 @@ class TorchServeClient:
         request = management_pb2.RegisterModelRequest(url=archive, initial_workers=workers, synchronous=True)
         return self._call(self._management.RegisterModel, request, "management").msg
 
+    def unregister(self, model: str, version: str) -> str:
+        request = management_pb2.UnregisterModelRequest(model_name=model, model_version=version)
+        return self._call(self._management.UnregisterModel, request, "management").msg
+
     def set_default(self, model: str, version: str) -> str:
         request = management_pb2.SetDefaultRequest(model_name=model, model_version=version)
         return self._call(self._management.SetDefault, request, "management").msg
