@@ -20,6 +20,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from finetune import checkpoint, data, knowledge
 from finetune.data import DataConfig, DataError, ImageFolder, SizedSet, TensorSet
+from finetune.distributed import World
 from finetune.evaluate import correct, evaluate, predict
 from finetune.images import image_tensor, open_image, resize_map
 from finetune.model import ABN
@@ -80,14 +81,31 @@ def own_data(meta: dict, folder: str | None = None) -> tuple[SizedSet, SizedSet]
 
 
 def tune(
-    parent: bytes, corrections: list[Correction], cfg: knowledge.TuneConfig, replay: SizedSet | None
+    parent: bytes,
+    corrections: list[Correction],
+    cfg: knowledge.TuneConfig,
+    replay: SizedSet | None,
+    world: World | None = None,
 ) -> tuple[ABN, list[dict]]:
     """The parent checkpoint (bytes) fine-tuned on the corrections plus replay (its own training data, every
     image of it in every epoch, as `abn finetune` does; None: the corrections alone); and the per-epoch
-    losses."""
+    losses.
+
+    Under torchrun (world, default finetune.distributed.start(): the processes torchrun started) every rank
+    calls it with the same parent, corrections, cfg and replay, and trains its share of each batch
+    (knowledge.fine_tune); rank 0's model is the candidate, the others' are to be dropped. Only rank 0 need
+    read the store: it shares what it read with the others before they all call tune,
+
+        world = distributed.start()
+        parent, corrections = distributed.broadcast((parent, corrections), world)  # rank 0's, everywhere
+        model, history = candidate.tune(parent, corrections, cfg, own_data(meta)[0], world)
+        if world.is_main: ...score, gate, promote...
+        distributed.stop()
+
+    and every rank builds replay itself (own_data reads the same files on every machine)."""
     model, meta = checkpoint.load(parent)
     training: Dataset = ConcatDataset([correction_set(corrections, meta)] + ([replay] if replay is not None else []))
-    return model, knowledge.fine_tune(model, training, meta["mean"], meta["std"], cfg)
+    return model, knowledge.fine_tune(model, training, meta["mean"], meta["std"], cfg, world=world)
 
 
 def score(

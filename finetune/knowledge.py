@@ -19,16 +19,20 @@ the counterexamples take the shortcut's evidence away.
 """
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from finetune import checkpoint
+from finetune import checkpoint, distributed
 from finetune.data import DataError, ImageFolder
+from finetune.distributed import World
 from finetune.evaluate import evaluate, predict
 from finetune.images import normalize, resize_map
 from finetune.model import ABN
@@ -82,53 +86,148 @@ def trainable_mode(model: ABN, freeze_features: bool) -> None:
         model.features.eval()
 
 
+@dataclass
+class TuneState:
+    """A resumable fine-tune's state file. Rank 0 saves it after every epoch (model, optimizer, epoch,
+    history, every rank's generator, the record); a rerun with the same record continues after the saved
+    epoch, and one with another record is refused, so that a run never mixes two configurations."""
+
+    path: Path
+    record: dict  # what defines the run: the config and what it tunes on
+    saved: dict | None = None  # the state found at path when the run began
+
+    @classmethod
+    def open(cls, path: str | Path, record: dict, world: World) -> "TuneState":
+        """Read path's state (rank 0 reads it, every rank gets it); ValueError naming the first setting
+        that differs from record."""
+        path = Path(path)
+        saved = torch.load(path, map_location="cpu", weights_only=True) if world.is_main and path.exists() else None
+        saved = distributed.broadcast(saved, world)
+        if saved is not None:
+            for key in [*record, *(k for k in saved["record"] if k not in record)]:
+                if saved["record"].get(key) != record.get(key):
+                    raise ValueError(
+                        f"{path} holds a fine-tune with {key} = {saved['record'].get(key)!r}, this run asks for "
+                        f"{key} = {record.get(key)!r}: rerun with the same settings to resume it, or choose "
+                        "another output folder to start over"
+                    )
+        return cls(path, record, saved)
+
+    def save(self, world: World, generator: torch.Generator, **state) -> None:
+        generators = distributed.gather(generator.get_state(), world)  # each rank draws its own counterexamples
+        if world.is_main:
+            checkpoint.atomic_save({**state, "generators": generators, "record": self.record}, self.path)
+
+
+LOSSES = ("loss", "att", "per", "map")
+
+
 def fine_tune(
-    model: ABN, dataset: Dataset, mean: list[float], std: list[float], cfg: TuneConfig, progress: bool = True
+    model: ABN,
+    dataset: Dataset,
+    mean: list[float],
+    std: list[float],
+    cfg: TuneConfig,
+    progress: bool = True,
+    world: World | None = None,
+    state: TuneState | None = None,
 ) -> list[dict]:
-    """Fine-tune model in place on dataset (items with and without maps); the per-epoch losses."""
+    """Fine-tune model in place on dataset (items with and without maps); the per-epoch losses.
+
+    world: the processes taking part (default: distributed.start(), the ones torchrun started, or this one
+    alone). Under torchrun every rank calls this with the same model and data; each trains on its share of
+    every batch (cfg.batch_size is the batch of all ranks together) with DistributedDataParallel, the losses
+    are the ranks' mean, and rank 0's model is the result. state: resume from its saved epoch, if any, and
+    save it after every epoch. The model ends on the CPU, in eval mode.
+    """
+    world = world or distributed.start()
+    device = world.device
     torch.manual_seed(cfg.seed)
     for p in model.features.parameters():
         p.requires_grad_(not cfg.freeze_features)
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer("sgd", params, cfg.lr, 0.9, cfg.weight_decay)
-    steps = cfg.epochs * len(DataLoader(dataset, batch_size=cfg.batch_size))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history, step = [], 0
-    for epoch in range(cfg.epochs):
+    gen = torch.Generator().manual_seed(cfg.seed + world.rank)  # counterexamples (and one process's shuffle)
+    history: list[dict] = []
+    start = 0
+    if state is not None and state.saved is not None:
+        saved = state.saved
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        history, start = saved["history"], saved["epoch"]
+        if len(saved["generators"]) == world.world_size:
+            gen.set_state(saved["generators"][world.rank])
+        else:  # saved by another number of processes: fresh streams, still seeded
+            gen.manual_seed(cfg.seed + world.rank + 1_000_003 * start)
+    # DDP syncs the gradients of the parameters that require them: the frozen features are left out
+    net = DDP(model, device_ids=[device] if device.type == "cuda" else None) if world.distributed else model
+    sampler: DistributedSampler | None = (
+        DistributedSampler(dataset, world.world_size, world.rank, seed=cfg.seed) if world.distributed else None
+    )
+    batch_size = -(-cfg.batch_size // world.world_size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=gen)
+    steps, step = cfg.epochs * len(loader), start * len(loader)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
         trainable_mode(model, cfg.freeze_features)
-        sums = {"loss": 0.0, "att": 0.0, "per": 0.0, "map": 0.0}
-        batches = 0
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new order every epoch, the same split on every rank
+        sums = torch.zeros(len(LOSSES), dtype=torch.float64, device=device)
         for batch in tqdm(
-            loader, desc=f"fine-tune {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=not progress
+            loader,
+            desc=f"fine-tune {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not (progress and world.is_main),
         ):
             x, y, m, has = batch["image"], batch["label"], batch["map"], batch["has_map"]
-            if cfg.counterexamples:
+            if cfg.counterexamples:  # on the CPU, where the generator is
                 extra, index = counterexamples(x, m, has, gen, cfg.copies)
                 x, y = torch.cat([x, extra]), torch.cat([y, y[index]])
                 m, has = torch.cat([m, m[index]]), torch.cat([has, has[index]])
+            x, y, m, has = x.to(device), y.to(device), m.to(device), has.to(device)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor("cosine", step, steps, 0)
-            out = model(normalize(x, mean, std))
+            out = net(normalize(x, mean, std))
             l_att = F.cross_entropy(out.attention_logits, y)
             l_per = F.cross_entropy(out.logits, y)
-            l_map = map_loss(out.attention, m, has) if cfg.gamma else torch.zeros(())
+            l_map = map_loss(out.attention, m, has) if cfg.gamma else l_att.new_zeros(())
             loss = l_att + l_per + cfg.gamma * l_map
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            batches += 1
-            for k, v in (("loss", loss), ("att", l_att), ("per", l_per), ("map", l_map)):
-                sums[k] += v.item()
-        history.append({"epoch": epoch + 1, **{k: v / batches for k, v in sums.items()}})
+            sums += torch.stack([loss, l_att, l_per, l_map]).detach()
+        means = distributed.all_mean(sums / len(loader), world).tolist()
+        history.append({"epoch": epoch + 1, **dict(zip(LOSSES, means)), "seconds": round(time.time() - t0, 3)})
+        if state is not None:
+            state.save(
+                world, gen, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history
+            )
+    model.cpu()
     model.eval()
     return history
 
 
+STATE = "tune_state.pt"  # in the output folder: what resuming needs
+
+
 def run(parent: str | Path, images: str | Path, maps: str | Path, out: str | Path, cfg: TuneConfig) -> dict:
     """The finetune command: the parent checkpoint + an image folder with corrected maps -> a new checkpoint
-    (version + 1) and a report, in out."""
+    (version + 1) and a report, in out; the report (an empty dict on ranks other than 0).
+
+    Under torchrun every process reads the parent and the folders (on every machine, at the same paths) and
+    trains its share (see fine_tune); rank 0 alone writes out. A rerun with the same out and settings
+    resumes after the last epoch saved there (STATE); other settings are refused."""
+    world = distributed.start()
+    try:
+        return _run(parent, images, maps, Path(out), cfg, world)
+    finally:
+        distributed.stop()
+
+
+def _run(parent: str | Path, images: str | Path, maps: str | Path, out: Path, cfg: TuneConfig, world: World) -> dict:
     model, meta = checkpoint.load(parent)
     folder = ImageFolder(images, tuple(meta["input_size"]), maps, classes=meta["classes"])
     if folder.map_count == 0:
@@ -136,18 +235,6 @@ def run(parent: str | Path, images: str | Path, maps: str | Path, out: str | Pat
             f"no image in {images} has a map in {maps}: "
             f"expected {maps}/<class>/<image name>.png beside {images}/<class>/<image>"
         )
-    mean, std = meta["mean"], meta["std"]
-    edited = [i for i, (_, _, m) in enumerate(folder.samples) if m is not None][:8]
-    shown = torch.stack([folder[i]["image"] for i in edited])
-    _, maps_before = predict(model, shown, mean, std)
-    before = evaluate(model, folder, mean, std)
-
-    history = fine_tune(model, folder, mean, std, cfg)
-
-    after = evaluate(model, folder, mean, std)
-    _, maps_after = predict(model, shown, mean, std)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     tuned_on = {
         "data": str(Path(images).resolve()),
         "maps": str(Path(maps).resolve()),
@@ -155,6 +242,32 @@ def run(parent: str | Path, images: str | Path, maps: str | Path, out: str | Pat
         "edited": folder.map_count,
         "config": asdict(cfg),
     }
+    inputs = {k: v for k, v in tuned_on.items() if k != "config"}
+    state = TuneState.open(out / STATE, {"parent": str(Path(parent).resolve()), **inputs, **asdict(cfg)}, world)
+    if world.is_main and state.saved is not None:
+        done = state.saved["epoch"]
+        print(
+            f"{out} holds this fine-tune finished: scoring it again"
+            if done == cfg.epochs
+            else f"resuming {out} after epoch {done} of {cfg.epochs}"
+        )
+    if world.is_main and world.distributed:
+        print(f"fine-tuning on {world.world_size} processes ({dist.get_backend()}, {world.device.type})")
+    mean, std = meta["mean"], meta["std"]
+
+    history = fine_tune(model, folder, mean, std, cfg, world=world, state=state)
+    if not world.is_main:
+        return {}
+
+    # the parent is scored after training, read again, so that no rank waits in a collective meanwhile
+    parent_model, _ = checkpoint.load(parent)
+    edited = [i for i, (_, _, m) in enumerate(folder.samples) if m is not None][:8]
+    shown = torch.stack([folder[i]["image"] for i in edited])
+    _, maps_before = predict(parent_model, shown, mean, std)
+    before = evaluate(parent_model, folder, mean, std)
+    after = evaluate(model, folder, mean, std)
+    _, maps_after = predict(model, shown, mean, std)
+    out.mkdir(parents=True, exist_ok=True)
     new_meta = checkpoint.next_version(meta, {"parent": meta["trained_on"], "finetuned_on": tuned_on})
     checkpoint.save(out / "checkpoint.pt", model, new_meta)
     report = {
@@ -163,6 +276,7 @@ def run(parent: str | Path, images: str | Path, maps: str | Path, out: str | Pat
         "version": new_meta["version"],
         "parent_version": meta["version"],
         "finetuned_on": tuned_on,
+        "processes": world.world_size,
         "history": history,
         "before": before,
         "after": after,
@@ -175,5 +289,5 @@ def run(parent: str | Path, images: str | Path, maps: str | Path, out: str | Pat
         f"{after['accuracy']:.4f}, attention inside the corrected maps {before['map_share']:.3f} -> "
         f"{after['map_share']:.3f}, IoU {before['map_iou']:.3f} -> {after['map_iou']:.3f}"
     )
-    print(f"wrote {out / 'checkpoint.pt'}, report.json, report.png")
+    print(f"wrote {out / 'checkpoint.pt'}, report.json, report.png ({STATE}: resumes this run)")
     return report

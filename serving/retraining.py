@@ -16,7 +16,8 @@ One run:
      records it in the store; or, with publish, only records it (the replicas that follow the record load it);
   7. only then marks the snapshot consumed by this run;
   8. writes report.json and report.png into the run's folder.
-A failure at any step leaves version N serving and the feedback pending. A run that built its archive
+Under torchrun, rank 0 runs the sequence and the other ranks only fine-tune beside it, on what it sends them
+(Peers). A failure at any step leaves version N serving and the feedback pending. A run that built its archive
 but could not promote it (TorchServe down) leaves pending.json behind: the next run promotes that archive
 without training again. fail_at makes a run fail at a step, so tests can cause each fault.
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from croniter import croniter
 
-from finetune import candidate, checkpoint, gate
+from finetune import candidate, checkpoint, distributed, gate
 from finetune.data import ImageFolder
 from finetune.gate import GateConfig
 from finetune.knowledge import TuneConfig
@@ -122,9 +123,35 @@ def select(items: list[Item], max_author_share: float) -> Selection:
     return Selection(sorted(chosen, key=lambda i: i.created), superseded, held, conflicts)
 
 
+class Peers:
+    """The other ranks of a torchrun job, from rank 0's side: each waits for one message, the fine-tuning job
+    (parent checkpoint, corrections) or None when this run does not fine-tune. Nothing to do in one process."""
+
+    def __init__(self, world: distributed.World):
+        self.world, self.sent = world, False
+
+    def send(self, job: tuple[bytes, list[candidate.Correction]] | None) -> None:
+        if not self.sent:
+            self.sent = True
+            distributed.broadcast(job, self.world)
+
+    def done(self) -> None:
+        self.send(None)
+
+
+def tune_beside(cfg: RetrainConfig, world: distributed.World) -> None:
+    """A rank other than 0: fine-tune with rank 0 when it sends a job (its share of each batch), then end."""
+    job = distributed.broadcast(None, world)
+    if job is not None:
+        parent, corrections = job
+        replay, _ = candidate.own_data(checkpoint.read_metadata(parent), cfg.replay_data)
+        candidate.tune(parent, corrections, cfg.tune, replay, world)
+
+
 class Retrain:
-    def __init__(self, cfg: RetrainConfig, store: FeedbackStore):
+    def __init__(self, cfg: RetrainConfig, store: FeedbackStore, peers: Peers):
         self.cfg = cfg
+        self.peers = peers
         self.workdir = Path(cfg.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)  # corrections' images in its reports
         self.pending_path = self.workdir / "pending.json"
@@ -181,7 +208,9 @@ class Retrain:
             trusted["gate folder"] = ImageFolder(self.cfg.gate_data, tuple(meta["input_size"]), classes=meta["classes"])
 
         self.step("finetune")
-        model, history = candidate.tune(parent, _corrections(tune), self.cfg.tune, replay)
+        job = (parent, _corrections(tune))
+        self.peers.send(job)
+        model, history = candidate.tune(*job, self.cfg.tune, replay, self.peers.world)
 
         self.step("evaluate")
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -306,7 +335,22 @@ class Retrain:
 
 def run_once(cfg: RetrainConfig) -> dict | None:
     """One run under the store's retraining lock (a PostgreSQL advisory lock, or a file lock beside a SQLite
-    file); None when another run holds it."""
+    file); None when another run holds it, and on the ranks other than 0 under torchrun."""
+    world = distributed.start()
+    try:
+        if not world.is_main:
+            tune_beside(cfg, world)
+            return None
+        peers = Peers(world)
+        try:
+            return _run_locked(cfg, peers)
+        finally:
+            peers.done()
+    finally:
+        distributed.stop()
+
+
+def _run_locked(cfg: RetrainConfig, peers: Peers) -> dict | None:
     store = open_store(cfg.store)
     try:
         with store.exclusive("retrain") as held:
@@ -315,7 +359,7 @@ def run_once(cfg: RetrainConfig) -> dict | None:
                     f"retrain: another run holds the retraining lock of {display_url(cfg.store)}; leaving it to finish"
                 )
                 return None
-            job = Retrain(cfg, store)
+            job = Retrain(cfg, store, peers)
             started = time.time()
             try:
                 report = job.run()

@@ -161,3 +161,22 @@ def test_one_retraining_run_at_a_time_across_processes_and_a_killed_holder_frees
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_retraining_run_under_torchrun_fine_tunes_on_two_ranks_and_rank_0_alone_promotes(model, tmp_path):
+    shared = tmp_path / "models"
+    shutil.copytree(model, shared)
+    url = str(tmp_path / "feedback.db")
+    store = open_store(url)
+    store.set_served("abn", "abn.v1.mar", "1")
+    store.close()
+    add_corrections(url, shared / "abn.v1.mar", 30)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "serving.cli", "retrain", "--publish", "--store", url, "--model-store", str(shared),
+               "--workdir", str(tmp_path / "retrain"), "--max-drop", "1", "--attention-tolerance", "1",
+               "--min-feedback", "10", "--epochs", "1"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("is recorded as served") == 1  # rank 0 alone promotes
+    assert served_version(url) == "2" and (shared / "abn.v2.mar").exists()
+    assert len([p for p in (tmp_path / "retrain").iterdir() if p.is_dir()]) == 1  # one run folder, rank 0's
