@@ -18,9 +18,11 @@ built and checked with, whatever version of the product is installed.
 
 The archive's model-config.yaml may hold, under `abn`: backend (onnx | torch),
 threads (intra-op threads per worker; default: cores / minWorkers),
-max_image_bytes.
+max_image_bytes, device (handlers.backends.DEVICES), build (the ONNX model's
+build and its parity figures, which TorchServe's customized describe answers).
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -49,7 +51,15 @@ class ABNHandler(BaseHandler):
         settings = config.get("abn", {})
         self.meta = checkpoint.read_metadata(model_dir / "checkpoint.pt")
         threads = int(settings.get("threads") or backends.threads_per_worker(int(config.get("minWorkers", 1))))
-        self.backend = backends.load(settings.get("backend", "onnx"), model_dir, threads, props.get("gpu_id"))
+        self.build = settings.get("build", {"build": "fp32"})
+        self.backend = backends.load(
+            settings.get("backend", "onnx"),
+            model_dir,
+            threads,
+            props.get("gpu_id"),
+            settings.get("device", "auto"),
+            self.build["build"],
+        )
         self.max_image_bytes = int(settings.get("max_image_bytes", requests.DEFAULT_MAX_IMAGE_BYTES))
         model = context.manifest.get("model", {})
         self.model_name = model.get("modelName", self.meta["name"])
@@ -64,6 +74,10 @@ class ABNHandler(BaseHandler):
             threads,
             Path(finetune.__file__).resolve().parent.parent,
         )
+
+    def describe_handle(self) -> str:
+        """TorchServe's customized describe: the build served, its parity figures, and the device."""
+        return json.dumps({**self.build, "device": self.backend.device})
 
     @timed
     def preprocess(self, data: list[dict]) -> requests.Batch:

@@ -18,12 +18,15 @@ from typing import TypeVar
 import grpc
 import psycopg
 
-from finetune import checkpoint, data, decoy_digits, knowledge, train
+from finetune import builds, checkpoint, data, decoy_digits, knowledge, train
+from finetune.builds import BuildConfig
 from finetune.data import DataConfig, DataError
 from finetune.evaluate import evaluate
 from finetune.gate import GateConfig
 from finetune.knowledge import TuneConfig
 from finetune.model import list_models
+from finetune.parity import ParityConfig
+from handlers import backends
 from serving import demo, retraining, review, services, settings
 from serving.client import Client
 from serving.editor.gateway import EditorConfig
@@ -172,6 +175,13 @@ def _feedback_arguments(parser) -> None:
     parser.add_argument("--no-token", action="store_true", help="accept calls without a token")
     parser.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key, serve TLS")
     parser.add_argument("--tls-key", help="PEM private key")
+    parser.add_argument(
+        "--group-linger-ms",
+        type=float,
+        default=d.group_linger_s * 1000,
+        help="how long a SQLite commit waits for more submissions while they come in concurrently (0: never); "
+        "fewer commits take less CPU and fewer fsyncs per submission",
+    )
 
 
 def _feedback_config(args: argparse.Namespace, checkpoints: list[str] | None = None) -> services.FeedbackConfig:
@@ -184,6 +194,7 @@ def _feedback_config(args: argparse.Namespace, checkpoints: list[str] | None = N
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         checkpoints=checkpoints or [],
+        group_linger_s=args.group_linger_ms / 1000,
     )
 
 
@@ -244,7 +255,7 @@ def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
-    cfg = _config(archive.ArchiveConfig, args)
+    cfg = _config(archive.ArchiveConfig, args, build=_config(BuildConfig, args), parity=_config(ParityConfig, args))
     print(f"wrote {archive.build(args.checkpoint, args.model_store, cfg, args.name)}")
 
 
@@ -260,6 +271,17 @@ def _package_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=d.workers, help="worker processes for this model")
     parser.add_argument("--threads", type=int, help="intra-op threads per worker (default: cores / workers)")
+    b, c = BuildConfig(), ParityConfig()
+    g = parser.add_argument_group("build (onnx backend)")
+    g.add_argument("--build", choices=builds.BUILDS, default=b.build, help="int8: for the CPU; fp16: for the GPU")
+    g.add_argument("--device", choices=backends.DEVICES, default=d.device, help="where workers run the model")
+    g.add_argument(
+        "--calibration-data", help="image folder to calibrate and check on (default: the model's training data)"
+    )
+    g.add_argument("--calibration-images", type=int, default=b.calibration_images, help="int8 calibration images")
+    g.add_argument("--min-agreement", type=float, default=c.min_agreement, help="top-1 agreement with fp32")
+    g.add_argument("--max-attention-mad", type=float, default=c.max_attention_mad, help="mean |attention map - fp32's|")
+    g.add_argument("--check-images", type=int, default=c.check_images, help="validation images checked")
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -556,6 +578,9 @@ def _health_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
+    if args.checkpoint.endswith(".mar"):
+        print(json.dumps(archive.describe(args.checkpoint), indent=2))
+        return
     print(json.dumps(checkpoint.read_metadata(args.checkpoint), indent=2))
 
 
@@ -691,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         _up_arguments,
     )
     _command(sub, "health", "check that the services answer (exit status 0) or not (1)", _cmd_health, _health_arguments)
-    p = _command(sub, "info", "print a checkpoint's metadata", _cmd_info)
+    p = _command(sub, "info", "print a checkpoint's metadata, or an archive's (.mar) settings and build", _cmd_info)
     p.add_argument("checkpoint")
     p = _command(
         sub,

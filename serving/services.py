@@ -35,6 +35,7 @@ class FeedbackConfig:
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve TLS
     tls_key: str | None = None
     checkpoints: list[str] = field(default_factory=list)  # of the served models: labels are checked against them
+    group_linger_s: float = settings.STORE_GROUP_LINGER_S  # SQLite: a commit group's wait for more submissions
 
     @property
     def host(self) -> str:
@@ -75,7 +76,7 @@ def wait_for_stop() -> None:
 
 def start_feedback(cfg: FeedbackConfig, store: FeedbackStore | None = None) -> tuple[FeedbackServer, FeedbackStore]:
     """The feedback service on cfg's store, or on store when it is open already."""
-    store = store or open_store(cfg.store)
+    store = store or open_store(cfg.store, group_linger=cfg.group_linger_s)
     token = write_token(cfg.token_file) if cfg.token_file else None
     tls = (Path(cfg.tls_cert).read_bytes(), Path(cfg.tls_key).read_bytes()) if cfg.tls_cert and cfg.tls_key else None
     server = FeedbackServer(store, cfg.address, token, tls, known_classes(cfg.checkpoints))
@@ -223,7 +224,7 @@ def _demo_archive(cfg: UpConfig, store: FeedbackStore) -> tuple[str, Path]:
 
 def up(cfg: UpConfig) -> None:
     check_listen(cfg.serve, cfg.feedback, cfg.editor)
-    store = open_store(cfg.feedback.store)
+    store = open_store(cfg.feedback.store, group_linger=cfg.feedback.group_linger_s)
     try:
         name, mar = _demo_archive(cfg, store)
         cfg.serve.models = _recorded(store, cfg.serve.model_store, {name: mar.name})

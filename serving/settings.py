@@ -50,6 +50,7 @@ STORE_STATEMENT_TIMEOUT_S = 10  # one PostgreSQL statement, lock waits included 
 # a PostgreSQL statement with no answer at all by then ends on this side: a paused or cut-off server cannot time
 # itself out; longer than the statement timeout, so a slow statement is ended by the server, with its reason
 STORE_ANSWER_DEADLINE_S = STORE_STATEMENT_TIMEOUT_S + 5
+STORE_GROUP_LINGER_S = 0.004  # a SQLite commit group waits this long for more, under concurrent submissions
 STORE_PROBE_INTERVAL_S = 2.0  # how often the feedback service's health checks its store
 STORE_PROBE_DEADLINE_S = 5.0  # a probe without an answer by then (a paused server, a hung disk) means unreachable
 FEEDBACK_RETRIES = 3  # attempts of a submission while the feedback service is unavailable

@@ -403,3 +403,10 @@ def test_onnx_export_matches_pytorch(tmp_path):
     onnx_export.export(model, meta, tmp_path / "m.onnx")
     diffs = onnx_export.check(model, meta, tmp_path / "m.onnx", batch=7)
     assert set(diffs) == {"logits", "attention_logits", "attention"} and max(diffs.values()) <= 1e-4
+
+
+def test_the_customized_describe_shows_the_build_served(served):
+    described = served["client"].torchserve.describe("abn", customized=True)[0]
+    build = described["customizedMetadata"]  # TorchServe parses the handler's JSON
+    assert build["build"] == "fp32" and build["max_abs_difference"] <= 1e-4
+    assert build["device"] == "CPUExecutionProvider"

@@ -8,8 +8,13 @@ archive was built). A worker runs that code, not whatever version of the
 product is installed beside TorchServe, so an archive keeps working, and
 behaving as it was checked, after the product is upgraded or rolled back.
 It is written to <model store>/<name>.v<version>.mar.
+
+A build (fp32, int8 for the CPU, fp16 for the GPU; finetune.builds) other than fp32 is checked against the
+fp32 PyTorch model on the validation images (finetune.parity) and refused, with its figures, when it misses;
+model-config.yaml records the build, the device it serves on and those figures under `abn`.
 """
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -23,7 +28,10 @@ import yaml
 
 import finetune
 import handlers
-from finetune import checkpoint, onnx_export
+from finetune import builds, checkpoint, onnx_export, parity
+from finetune.builds import BuildConfig
+from finetune.parity import ParityConfig
+from handlers import backends
 
 HANDLER = Path(handlers.__path__[0]).resolve() / "abn_handler.py"
 BUNDLED = (finetune, handlers)  # the packages the handler imports, carried inside every archive
@@ -39,6 +47,9 @@ class ArchiveConfig:
     max_batch_delay: int = 10  # ms TorchServe waits to fill a batch
     workers: int = 1  # worker processes for this model
     threads: int | None = None  # intra-op threads per worker; None: cores / workers
+    build: BuildConfig = BuildConfig()  # fp32, int8 (CPU) or fp16 (GPU), and int8's calibration
+    parity: ParityConfig = ParityConfig()  # the bar an int8 or fp16 build must clear
+    device: str = "auto"  # where the worker runs the ONNX model: one of handlers.backends.DEVICES
 
 
 def archive_name(name: str, version: int | str) -> str:
@@ -64,6 +75,11 @@ def build(
     """Write the .mar and return its path."""
     if cfg.backend not in BACKENDS:
         raise ValueError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if cfg.build.build not in builds.BUILDS:
+        raise ValueError(f"unknown build {cfg.build.build!r}; choose one of {', '.join(builds.BUILDS)}")
+    if cfg.backend != "onnx" and cfg.build.build != "fp32":
+        raise ValueError(f"the {cfg.build.build} build is an ONNX model: it needs the onnx backend")
+    backends.check_device(cfg.device)  # a GPU asked for and not here: refused before any work
     model, meta = checkpoint.load(ckpt)
     name = name or meta["name"]
     store = Path(model_store)
@@ -73,10 +89,10 @@ def build(
         extra = [tmp / "checkpoint.pt", tmp / "code"]
         shutil.copy(ckpt, extra[0])
         _stage_code(extra[1])
+        record: dict = {"build": "fp32"}
         if cfg.backend == "onnx":
             extra.append(tmp / "model.onnx")
-            onnx_export.export(model, meta, extra[-1])
-            onnx_export.check(model, meta, extra[-1])
+            record = _build_onnx(model, meta, cfg, tmp, extra[-1])
         config = {
             "batchSize": cfg.batch_size,
             "maxBatchDelay": cfg.max_batch_delay,
@@ -84,7 +100,13 @@ def build(
             "maxWorkers": cfg.workers,
             "responseTimeout": 120,
             "handler": {"profile": True},  # TorchServe's @timed: a timing metric per handler stage
-            "abn": {"backend": cfg.backend, **({"threads": cfg.threads} if cfg.threads else {})},
+            "abn": {
+                "backend": cfg.backend,
+                **({"threads": cfg.threads} if cfg.threads else {}),
+                "device": cfg.device,
+                "build": record,
+                "build_settings": {**dataclasses.asdict(cfg.build), **dataclasses.asdict(cfg.parity)},
+            },
         }
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
         subprocess.run(
@@ -111,17 +133,54 @@ def build(
     return target
 
 
-def settings_of(archive: str | Path) -> ArchiveConfig:
-    """The settings an archive was built with."""
+def _build_onnx(model, meta: dict, cfg: ArchiveConfig, tmp: Path, out: Path) -> dict:
+    """Export, make cfg's build at out and check it; what the archive records of the build."""
+    fp32 = tmp / "fp32.onnx"
+    onnx_export.export(model, meta, fp32)
+    diffs = onnx_export.check(model, meta, fp32)
+    if cfg.build.build == "fp32":  # checked element by element above, a stricter bar than the parity check
+        shutil.move(fp32, out)
+        return {"build": "fp32", "max_abs_difference": max(diffs.values())}
+    train, val = builds.data(meta, cfg.build)
+    builds.make(fp32, out, meta, cfg.build, train)
+    fp32.unlink()
+    found = parity.check(model, meta, out, val, cfg.parity, what=f"the {cfg.build.build} build")
+    return {"build": cfg.build.build, **found}
+
+
+def _config_of(archive: str | Path) -> dict:
     with zipfile.ZipFile(archive) as z:
-        config = yaml.safe_load(z.read("model-config.yaml"))
+        return yaml.safe_load(z.read("model-config.yaml"))
+
+
+def settings_of(archive: str | Path) -> ArchiveConfig:
+    """The settings an archive was built with (archives from before builds: fp32 on any device)."""
+    config = _config_of(archive)
+    kept = config["abn"].get("build_settings", {})
     return ArchiveConfig(
         backend=config["abn"]["backend"],
         batch_size=config["batchSize"],
         max_batch_delay=config["maxBatchDelay"],
         workers=config["minWorkers"],
         threads=config["abn"].get("threads"),
+        build=BuildConfig(**{f.name: kept[f.name] for f in dataclasses.fields(BuildConfig) if f.name in kept}),
+        parity=ParityConfig(**{f.name: kept[f.name] for f in dataclasses.fields(ParityConfig) if f.name in kept}),
+        device=config["abn"].get("device", "auto"),
     )
+
+
+def describe(archive: str | Path) -> dict:
+    """What `abn info` shows of an archive: its name, version, settings, build and the build's figures."""
+    with zipfile.ZipFile(archive) as z:
+        model = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]
+    config = _config_of(archive)
+    return {
+        "name": model["modelName"],
+        "version": model["modelVersion"],
+        "settings": dataclasses.asdict(settings_of(archive)),
+        "build": config["abn"].get("build", {"build": "fp32"}),
+        "checkpoint": checkpoint.read_metadata(checkpoint_of(archive)),
+    }
 
 
 def carries_code(archive: str | Path) -> bool:

@@ -146,8 +146,12 @@ class TorchServeClient:
         except NOT_UP:
             return False
 
-    def describe(self, model: str | None = None, version: str = "") -> list[dict]:
-        request = management_pb2.DescribeModelRequest(model_name=model or self.model, model_version=version)
+    def describe(self, model: str | None = None, version: str = "", customized: bool = False) -> list[dict]:
+        """TorchServe's description of a model; customized adds the handler's own (`customizedMetadata`: the
+        build served, its parity figures and the device)."""
+        request = management_pb2.DescribeModelRequest(
+            model_name=model or self.model, model_version=version, customized=customized
+        )
         return json.loads(self._call(self._management.DescribeModel, request, "management").msg)
 
     def register(self, archive: str, workers: int = 1) -> str:
