@@ -24,14 +24,13 @@ import argparse
 import json
 import os
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.load import rate
 from finetune import builds, checkpoint, decoy_digits, onnx_export
 from finetune.builds import BuildConfig
 from finetune.data import DataConfig, builtin_split
@@ -39,17 +38,6 @@ from finetune.model import create_model
 from handlers.backends import OnnxBackend, TorchBackend
 
 FMA_UNITS = 2
-
-
-def rate(run: Callable[[], object], batch: int, seconds: float) -> float:
-    """Images per second of run() over about seconds, after two warm-up calls."""
-    for _ in range(2):
-        run()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        run()
-        n += 1
-    return n * batch / (time.perf_counter() - start)
 
 
 def cpu_peak(cores: int) -> tuple[float, str]:

@@ -12,7 +12,6 @@ over gRPC serving the fp16 archive at concurrency 1, 8 and 64. Writes gpu.json a
 
 import argparse
 import json
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from bench.load import measure, noise_pngs
+from bench.load import measure, noise_pngs, rate
 from finetune import checkpoint, decoy_digits
 from finetune.builds import BuildConfig
 from finetune.data import DataConfig, builtin_split
@@ -67,17 +66,6 @@ def onnx_of(mar: Path, out: Path) -> Path:
     with zipfile.ZipFile(mar) as z:
         out.write_bytes(z.read("model.onnx"))
     return out
-
-
-def per_second(run, batch: int, seconds: float = 3.0) -> float:
-    """Images per second of run() on one batch, after a warm-up (TensorRT builds its engine in it)."""
-    for _ in range(3):
-        run()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        run()
-        n += 1
-    return n * batch / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -139,10 +127,10 @@ def timings(ckpt: Path, store: Path, out: Path, batches: list[int]) -> list[dict
                 o = model(xt)
                 o.logits.cpu(), o.attention.cpu()  # the answer leaves the GPU, as the others' do
 
-        results.append({"path": "pytorch-eager-cuda", "batch": b, "per_second": per_second(eager, b)})
+        results.append({"path": "pytorch-eager-cuda", "batch": b, "per_second": rate(eager, b)})
         for name, backend in paths.items():
             run = lambda backend=backend, x=x, maps=maps, supplied=supplied: backend.run(x, maps, supplied)  # noqa: E731
-            results.append({"path": name, "batch": b, "per_second": per_second(run, b)})
+            results.append({"path": name, "batch": b, "per_second": rate(run, b)})
         print(results[-3:], flush=True)
     cfg = ServeConfig.on_free_ports(out / "serve", store, {"abn_fp16": "abn_fp16.v1.mar"})
     images = noise_pngs(64, meta["input_size"][0])

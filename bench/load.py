@@ -29,6 +29,18 @@ def noise_pngs(n: int, size: int) -> list[bytes]:
     return result
 
 
+def rate(run: Callable[[], object], batch: int, seconds: float = 3.0, warmup: int = 3) -> float:
+    """Images per second of run() on one batch of batch images over about seconds, after warmup calls (a
+    TensorRT session builds its engine in them)."""
+    for _ in range(warmup):
+        run()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        run()
+        n += 1
+    return n * batch / (time.perf_counter() - start)
+
+
 def measure(call: Callable[[int], object], concurrency: int, requests: int, warmup: int = 0) -> dict:
     """`requests` calls of call(i), i = 0, 1, ..., from `concurrency` threads, each sending its next request
     when its last one is answered: p50, p95 and p99 latency in ms, and requests per second."""
