@@ -102,7 +102,10 @@ class PostgresServer:
         assert pid is not None, "the server is not running"
         children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == pid]
         for p in [pid, *(int(c.name) for c in children)]:
-            os.kill(p, signal.SIGCONT if resume else signal.SIGSTOP)
+            try:
+                os.kill(p, signal.SIGCONT if resume else signal.SIGSTOP)
+            except ProcessLookupError:  # a backend that ended since the listing
+                pass
 
     def remove(self) -> None:
         if self.postmaster_pid() is not None:

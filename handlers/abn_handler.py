@@ -77,7 +77,7 @@ class ABNHandler(BaseHandler):
 
     def describe_handle(self) -> str:
         """TorchServe's customized describe: the build served, its parity figures, and the device."""
-        return json.dumps({**self.build, "device": self.backend.device})
+        return json.dumps({**self.build, "device": str(self.backend.device)})
 
     @timed
     def preprocess(self, data: list[dict]) -> requests.Batch:

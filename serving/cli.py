@@ -256,6 +256,9 @@ def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_package(args: argparse.Namespace) -> None:
     cfg = _config(archive.ArchiveConfig, args, build=_config(BuildConfig, args), parity=_config(ParityConfig, args))
+    # a GPU asked for and not here: refused before any work. Only here: retraining rebuilds a GPU archive on
+    # whatever machine it runs, and the workers check the device where they load it.
+    backends.check_device(cfg.device)
     print(f"wrote {archive.build(args.checkpoint, args.model_store, cfg, args.name)}")
 
 
@@ -513,11 +516,12 @@ def _selection_arguments(p: argparse.ArgumentParser, runs: bool) -> None:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> None:
-    def rollback(store) -> tuple[str, str]:
+    store = open_store(args.store, create=False)
+    try:
         with TorchServeClient(_target(args), model=args.model) as client:
-            return served.rollback(client, served.ServedRecord(store, args.model_store, args.model))
-
-    before, after = _with_store(args, rollback)
+            before, after = served.rollback(client, served.ServedRecord(store, args.model_store, args.model))
+    finally:
+        store.close()
     print(
         f"{args.model}: version {after} is the default again (was {before}); a restart, and every replica that "
         "follows the store, serves it too"

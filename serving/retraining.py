@@ -132,8 +132,8 @@ class Peers:
 
     def send(self, job: tuple[bytes, list[candidate.Correction]] | None) -> None:
         if not self.sent:
-            self.sent = True
             distributed.broadcast(job, self.world)
+            self.sent = True
 
     def done(self) -> None:
         self.send(None)
@@ -381,4 +381,6 @@ def run_on_schedule(cfg: RetrainConfig) -> None:
         try:
             run_once(cfg)
         except Exception as e:  # the schedule goes on; the run's state is safe by construction
+            if distributed.World.from_env().distributed:
+                raise  # the other ranks may be waiting in a collective: end the whole job instead
             print(f"retrain: run failed: {e}", flush=True)

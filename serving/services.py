@@ -123,17 +123,16 @@ def serve(cfg: ServeConfig, follow: str | None = None) -> None:
 
 def _recorded(store: FeedbackStore, model_store: Path, models: dict[str, str]) -> dict[str, str]:
     """The archives to start with: what the store records as served, for every model it records; a model named
-    in models that it does not record yet is recorded as models names it (the first replica's start)."""
+    in models that it does not record yet is recorded as served (the first replica's start): the archive a
+    record file of an earlier release names, else the one models names."""
     chosen = dict(models)
-    for name in store.served_models():
+    for name in {*store.served_models(), *models}:
         path = ServedRecord(store, model_store, name).archive()
         if path is not None:
             chosen[name] = path.name
-    for name, mar in models.items():
         if store.served(name) is None:
-            store.set_served(
-                name, mar, str(checkpoint.read_metadata(archive.checkpoint_of(model_store / mar))["version"])
-            )
+            meta = checkpoint.read_metadata(archive.checkpoint_of(model_store / chosen[name]))
+            store.set_served(name, chosen[name], str(meta["version"]))
     return chosen
 
 

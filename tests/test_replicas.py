@@ -16,9 +16,10 @@ from conftest import png
 from finetune import checkpoint, decoy_digits, train
 from serving import settings
 from serving.feedback.store import Item, open_store
-from serving.torchserve import archive
+from serving.torchserve import archive, served
 from serving.torchserve.client import TorchServeClient
 from serving.torchserve.config import ServeConfig
+from serving.torchserve.served import ServedRecord
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe needs Java 17")
 # From the end of a promotion to every replica answering with the new version: the replicas' follow
@@ -81,6 +82,17 @@ class Replica:
             self.process.wait(60)
 
 
+def wait_for_version(replicas: list[Replica], version: str) -> float:
+    """Seconds until every replica answers with version; fails after FOLLOW_BOUND_S."""
+    started = time.monotonic()
+    waiting = set(range(len(replicas)))
+    while waiting and time.monotonic() - started < FOLLOW_BOUND_S:
+        waiting = {i for i in waiting if replicas[i].version() != version}
+        time.sleep(0.5)
+    assert not waiting, f"replicas {waiting} do not serve version {version} after {FOLLOW_BOUND_S} s"
+    return time.monotonic() - started
+
+
 def served_version(url: str) -> str | None:
     store = open_store(url)
     try:
@@ -111,13 +123,7 @@ def test_replicas_follow_a_promotion_and_a_replica_that_was_down_serves_the_reco
         job = retrain(postgres_url, shared, tmp_path / "retrain", "--min-feedback", "10", "--epochs", "1")
         out, _ = job.communicate(timeout=600)
         assert job.returncode == 0 and "version 2 of abn is recorded as served" in out, out
-        promoted = time.monotonic()
-        waiting = set(range(2))
-        while waiting and time.monotonic() - promoted < FOLLOW_BOUND_S:
-            waiting = {i for i in waiting if replicas[i].version() != "2"}
-            time.sleep(0.5)
-        assert not waiting, f"replicas {waiting} still serve version 1 after {FOLLOW_BOUND_S} s"
-        print(f"promotion to both replicas: {time.monotonic() - promoted:.1f} s")
+        print(f"promotion to both replicas: {wait_for_version(replicas, '2'):.1f} s")
 
         # replica 1 is down while version 1 is made the default again through replica 0, and serves it once back
         replicas[1].stop()
@@ -128,6 +134,21 @@ def test_replicas_follow_a_promotion_and_a_replica_that_was_down_serves_the_reco
         subprocess.run(rollback, capture_output=True, text=True, check=True)
         assert served_version(postgres_url) == "1"
         assert replicas[1].start().version() == "1" and replicas[0].version() == "1"
+
+        # a promotion through a replica that follows: its default changes before the record, and the replica
+        # must not put the recorded version back in between (its check here outlasts a follow interval)
+        def slow_check() -> None:
+            time.sleep(settings.FOLLOW_INTERVAL_S + 2)
+            assert replicas[0].version() == "2"
+
+        store = open_store(postgres_url)
+        try:
+            with TorchServeClient(replicas[0].cfg.target) as client:
+                served.promote(client, ServedRecord(store, shared, "abn"), "abn.v2.mar", "2", "1", slow_check)
+        finally:
+            store.close()
+        assert served_version(postgres_url) == "2"
+        wait_for_version(replicas, "2")
     finally:
         for r in replicas:
             r.stop()

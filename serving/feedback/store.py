@@ -793,7 +793,7 @@ class GroupCommit:
 
     While submissions come in concurrently (the last group had more than one), a group waits up to linger
     seconds for more: each commit costs an fsync and CPU of its own, so fewer, larger groups take less of
-    both per submission. A lone caller never waits."""
+    both per submission. A lone caller waits only right after concurrent submissions, once."""
 
     def __init__(self, write_many: Callable[[list[Item]], list], batch: int = 64, linger: float = 0.0):
         self.write_many, self.batch, self.linger = write_many, batch, linger
@@ -972,17 +972,21 @@ class AnswerDeadline:
 
     def __init__(self, seconds: float):
         self.seconds = seconds
-        self._armed: dict[int, tuple[float, int]] = {}  # statement -> (deadline, socket's file descriptor)
+        self._armed: dict[int, tuple[float, socket.socket]] = {}  # statement -> (deadline, its socket)
         self._fired: set[int] = set()
         self._lock = threading.Lock()
         self._count = itertools.count()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def bound(self, fd: int):
+        # a descriptor of our own for the connection's socket: the watcher never touches a number that the
+        # connection closed and something else reused
+        sock = socket.socket(fileno=os.dup(fd))
         with self._lock:
             token = next(self._count)
-            self._armed[token] = (time.monotonic() + self.seconds, fd)
+            self._armed[token] = (time.monotonic() + self.seconds, sock)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="store-answer-deadline", daemon=True)
                 self._thread.start()
@@ -995,22 +999,35 @@ class AnswerDeadline:
                 ) from e
             raise
         finally:
-            with self._lock:  # the socket is never shut down once its statement is over
+            # a statement that answered just as its deadline passed may have lost its socket all the same: the
+            # next statement on that connection then fails as an outage, and the connections are replaced
+            with self._lock:
                 self._armed.pop(token, None)
                 self._fired.discard(token)
+            sock.close()
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(min(self.seconds / 4, 0.5))
+        stop = self._stop
+        while not stop.wait(min(self.seconds / 4, 0.5)):
             with self._lock:
                 now = time.monotonic()
-                for token, (deadline, fd) in list(self._armed.items()):
+                for token, (deadline, sock) in list(self._armed.items()):
                     if now >= deadline:
                         del self._armed[token]
                         self._fired.add(token)
-                        # a duplicate of the descriptor, so closing it leaves the connection's own
-                        with socket.socket(fileno=os.dup(fd)) as sock:
+                        try:
                             sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:  # the connection is gone already
+                            pass
+
+    def close(self) -> None:
+        """Stop the watcher; the next bound() starts another (a closed store may be used again)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            stop, self._stop = self._stop, threading.Event()
+        stop.set()
+        if thread is not None:
+            thread.join()
 
 
 class PostgresStore(_SQLStore):
@@ -1064,6 +1081,10 @@ class PostgresStore(_SQLStore):
         # a migration can hold several statements. The cursor holds the whole result once execute returns.
         with self._deadline.bound(db.fileno()):
             return db.execute(sql.replace("?", "%s"), args or None)
+
+    def close(self) -> None:
+        super().close()
+        self._deadline.close()
 
     def _rollback(self) -> None:
         db = self._db()

@@ -31,7 +31,6 @@ import handlers
 from finetune import builds, checkpoint, onnx_export, parity
 from finetune.builds import BuildConfig
 from finetune.parity import ParityConfig
-from handlers import backends
 
 HANDLER = Path(handlers.__path__[0]).resolve() / "abn_handler.py"
 BUNDLED = (finetune, handlers)  # the packages the handler imports, carried inside every archive
@@ -79,7 +78,6 @@ def build(
         raise ValueError(f"unknown build {cfg.build.build!r}; choose one of {', '.join(builds.BUILDS)}")
     if cfg.backend != "onnx" and cfg.build.build != "fp32":
         raise ValueError(f"the {cfg.build.build} build is an ONNX model: it needs the onnx backend")
-    backends.check_device(cfg.device)  # a GPU asked for and not here: refused before any work
     model, meta = checkpoint.load(ckpt)
     name = name or meta["name"]
     store = Path(model_store)

@@ -108,10 +108,12 @@ def rollback(client: TorchServeClient, record: ServedRecord) -> tuple[str, str]:
 
 class Follower:
     """Keeps a TorchServe serving what the record names, for each of models: every interval seconds it reads
-    the record; when it names another archive than the default, registers it, makes it the default, and
-    unregisters the version it replaced grace seconds later (requests in flight on it finish). A failure
-    (the store or TorchServe unreachable, an archive that does not load) is logged and tried again at the
-    next interval; the old version serves meanwhile."""
+    the record; when the record has changed since it last acted on it (or since start), it registers the
+    archive, makes it the default, and unregisters the version it replaced grace seconds later (requests in
+    flight on it finish). It follows changes of the record, not differences from TorchServe's default, so a
+    promotion through this very TorchServe (default first, record after its check) is never undone in
+    between. A failure (the store or TorchServe unreachable, an archive that does not load) is logged and
+    tried again at the next interval; the old version serves meanwhile."""
 
     def __init__(
         self,
@@ -125,10 +127,15 @@ class Follower:
         self.client, self.records, self.models = client, records, models
         self.model_store, self.interval, self.grace = Path(model_store), interval, grace
         self._retire: list[tuple[float, str, str]] = []  # (when, model, version) to unregister
+        self._seen: dict[str, tuple[str, str] | None] = {}  # model -> the record acted on last
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="served-follower", daemon=True)
 
     def start(self) -> None:
+        """From the records as they are now: what TorchServe was started with."""
+        for name in self.models:
+            entry = self.records.served(name)
+            self._seen[name] = (entry.archive, entry.version) if entry else None
         self._thread.start()
 
     def stop(self) -> None:
@@ -148,16 +155,16 @@ class Follower:
     def follow(self, name: str) -> bool:
         """One look at name's record; True when it changed what is served."""
         entry = self.records.served(name)
-        if entry is None:
-            return False
-        version, _ = default_version(self.client, name)
-        if version == entry.version:
+        if entry is None or (entry.archive, entry.version) == self._seen.get(name):
             return False
         if not (self.model_store / entry.archive).exists():
             raise FileNotFoundError(f"the record names {entry.archive}, which is not in {self.model_store}")
+        version, _ = default_version(self.client, name)
         register(self.client, name, entry.archive, entry.version)
         self.client.set_default(name, entry.version)
-        self._retire.append((time.monotonic() + self.grace, name, version))
+        self._seen[name] = (entry.archive, entry.version)
+        if version != entry.version:
+            self._retire.append((time.monotonic() + self.grace, name, version))
         logger.info("%s: now serving version %s (%s), following the record", name, entry.version, entry.archive)
         return True
 
