@@ -57,7 +57,7 @@ class ABNHandler(BaseHandler):
             model_dir,
             threads,
             props.get("gpu_id"),
-            settings.get("device", "auto"),
+            settings.get("device", backends.DEFAULT_DEVICE),
             self.build["build"],
         )
         self.max_image_bytes = int(settings.get("max_image_bytes", requests.DEFAULT_MAX_IMAGE_BYTES))

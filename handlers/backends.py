@@ -24,6 +24,7 @@ from finetune.onnx_export import INPUTS, OUTPUTS
 
 logger = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+DEFAULT_DEVICE = "auto"  # also what an archive without a device setting (an earlier release's) runs on
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 TRT_CACHE = "trt_engines"  # folder of TensorRT engines, in the model's folder
 
@@ -95,7 +96,12 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(
-        self, path: str | Path, threads: int, gpu_id: int | None = None, device: str = "auto", build: str = "fp32"
+        self,
+        path: str | Path,
+        threads: int,
+        gpu_id: int | None = None,
+        device: str = DEFAULT_DEVICE,
+        build: str = "fp32",
     ):
         path = Path(path)
         chosen = choose(device, build, gpu_id)
@@ -149,7 +155,12 @@ class TorchBackend:
 
 
 def load(
-    backend: str, model_dir: str | Path, threads: int, gpu_id: int | None = None, device: str = "auto", build="fp32"
+    backend: str,
+    model_dir: str | Path,
+    threads: int,
+    gpu_id: int | None = None,
+    device: str = DEFAULT_DEVICE,
+    build="fp32",
 ):
     model_dir = Path(model_dir)
     if backend == "onnx":

@@ -31,6 +31,7 @@ import handlers
 from finetune import builds, checkpoint, onnx_export, parity
 from finetune.builds import BuildConfig
 from finetune.parity import ParityConfig
+from handlers import backends
 
 HANDLER = Path(handlers.__path__[0]).resolve() / "abn_handler.py"
 BUNDLED = (finetune, handlers)  # the packages the handler imports, carried inside every archive
@@ -48,7 +49,7 @@ class ArchiveConfig:
     threads: int | None = None  # intra-op threads per worker; None: cores / workers
     build: BuildConfig = BuildConfig()  # fp32, int8 (CPU) or fp16 (GPU), and int8's calibration
     parity: ParityConfig = ParityConfig()  # the bar an int8 or fp16 build must clear
-    device: str = "auto"  # where the worker runs the ONNX model: one of handlers.backends.DEVICES
+    device: str = backends.DEFAULT_DEVICE  # where the worker runs the ONNX model: one of handlers.backends.DEVICES
 
 
 def archive_name(name: str, version: int | str) -> str:
@@ -163,7 +164,7 @@ def settings_of(archive: str | Path) -> ArchiveConfig:
         threads=config["abn"].get("threads"),
         build=BuildConfig(**{f.name: kept[f.name] for f in dataclasses.fields(BuildConfig) if f.name in kept}),
         parity=ParityConfig(**{f.name: kept[f.name] for f in dataclasses.fields(ParityConfig) if f.name in kept}),
-        device=config["abn"].get("device", "auto"),
+        device=config["abn"].get("device", backends.DEFAULT_DEVICE),
     )
 
 
