@@ -1,0 +1,107 @@
+"""Benchmark: where TorchServe's time goes at concurrency 1, beside in-process ONNX Runtime (not a test).
+
+One TorchServe, one run, the same images (abn_resnet18 at 224x224 by default,
+fp32, untrained: speed does not depend on the weights), one request at a time:
+  onnxruntime        in-process: decode, preprocess as the handler does, run
+  batching           TorchServe gRPC, the archive's defaults (batches of up to 8,
+                     waiting up to max_batch_delay ms to fill one)
+  batching-2ms       batches of up to 8, waiting at most 2 ms
+  no-batching        the same model archived with batch size 1 (no wait)
+  threads-1          batch size 1, one ONNX Runtime thread (the other core left
+                     to TorchServe's Java frontend)
+  floor              TorchServe gRPC to a trivial handler that answers at once:
+                     what TorchServe itself costs, without our handler
+Prints p50/p95 and each path's p50 over in-process ONNX Runtime's; writes
+overhead.json into --out.
+
+    .venv/bin/python -m bench.overhead --out runs/bench-overhead
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.load import measure, noise_pngs
+from bench.serving import in_process, make_checkpoint
+from finetune import checkpoint, onnx_export
+from handlers.backends import OnnxBackend, threads_per_worker
+from serving.torchserve import archive
+from serving.torchserve.client import TorchServeClient
+from serving.torchserve.config import ServeConfig
+from serving.torchserve.process import TorchServe
+
+TRIVIAL = '''
+def handle(data, context):
+    """Answers every request of a batch at once, with nothing."""
+    return [b"" for _ in data] if data else []
+'''
+
+
+def trivial_archive(store: Path, work: Path) -> str:
+    """A .mar whose handler does no work: TorchServe's own floor."""
+    handler = work / "trivial_handler.py"
+    handler.write_text(TRIVIAL)
+    archiver = str(Path(sys.executable).parent / "torch-model-archiver")
+    command = [archiver, "--model-name", "trivial", "--version", "1", "--handler", str(handler),
+               "--export-path", str(store), "--force"]  # fmt: skip
+    subprocess.run(command, check=True)
+    return "trivial.mar"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/bench-overhead")
+    p.add_argument("--arch", default="abn_resnet18")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--requests", type=int, default=150)
+    args = p.parse_args()
+    out = Path(args.out)
+    store = out / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    ckpt = make_checkpoint(args.arch, args.size, out)
+    _, meta = checkpoint.load(ckpt)
+    name = meta["name"]
+    default = archive.ArchiveConfig()
+    models = {
+        name: archive.build(ckpt, store, default).name,
+        f"{name}-d2": archive.build(ckpt, store, archive.ArchiveConfig(max_batch_delay=2), name=f"{name}-d2").name,
+        f"{name}-b1": archive.build(ckpt, store, archive.ArchiveConfig(batch_size=1), name=f"{name}-b1").name,
+        f"{name}-t1": archive.build(
+            ckpt, store, archive.ArchiveConfig(batch_size=1, threads=1), name=f"{name}-t1"
+        ).name,
+        "trivial": trivial_archive(store, out),
+    }
+    onnx_path = out / f"{args.arch}.onnx"
+    model, _ = checkpoint.load(ckpt)
+    onnx_export.export(model, meta, onnx_path)
+    data = noise_pngs(64, args.size)
+    cfg = ServeConfig.on_free_ports(out / "serve", store, models)
+    results = {}
+    with TorchServe(cfg), TorchServeClient(cfg.target) as client:
+        calls = {
+            "onnxruntime": in_process(OnnxBackend(onnx_path, threads_per_worker(1)), meta),
+            "batching": lambda im: client.predict(im, model=name),
+            "batching-2ms": lambda im: client.predict(im, model=f"{name}-d2"),
+            "no-batching": lambda im: client.predict(im, model=f"{name}-b1"),
+            "threads-1": lambda im: client.predict(im, model=f"{name}-t1"),
+            "floor": lambda im: client.predictions({"data": im}, model="trivial"),
+        }
+        for path, call in calls.items():
+            results[path] = measure(lambda i, call=call: call(data[i % len(data)]), 1, args.requests, warmup=10)
+    base = results["onnxruntime"]["p50_ms"]
+    lines = [f"{args.arch} at {args.size}x{args.size}, concurrency 1, max_batch_delay {default.max_batch_delay} ms"]
+    lines.append(f"{'path':>12} {'p50 ms':>8} {'p95 ms':>8} {'p50 / onnxruntime':>18}")
+    lines += [
+        f"{path:>12} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p50_ms'] / base:>17.2f}x"
+        for path, r in results.items()
+    ]
+    text = "\n".join(lines)
+    print(text)
+    (out / "overhead.json").write_text(json.dumps({"results": results, "settings": vars(args), "text": text}, indent=2))
+    print(f"wrote {out / 'overhead.json'}")
+
+
+if __name__ == "__main__":
+    main()
