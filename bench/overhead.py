@@ -5,14 +5,15 @@ fp32, untrained: speed does not depend on the weights), one request at a time:
   onnxruntime        in-process: decode, preprocess as the handler does, run
   batching           TorchServe gRPC, the archive's defaults (batches of up to 8,
                      waiting up to max_batch_delay ms to fill one)
-  batching-2ms       batches of up to 8, waiting at most 2 ms
+  batching-10ms      batches of up to 8, waiting up to 10 ms
   no-batching        the same model archived with batch size 1 (no wait)
   threads-1          batch size 1, one ONNX Runtime thread (the other core left
                      to TorchServe's Java frontend)
   floor              TorchServe gRPC to a trivial handler that answers at once:
                      what TorchServe itself costs, without our handler
-Prints p50/p95 and each path's p50 over in-process ONNX Runtime's; writes
-overhead.json into --out.
+Prints p50/p95, requests/s and each path's p50 over in-process ONNX Runtime's
+at each --concurrency (1 by default; more shows what the batch delay buys under
+load); writes overhead.json into --out.
 
     .venv/bin/python -m bench.overhead --out runs/bench-overhead
 """
@@ -56,6 +57,7 @@ def main() -> None:
     p.add_argument("--arch", default="abn_resnet18")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--requests", type=int, default=150)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1])
     args = p.parse_args()
     out = Path(args.out)
     store = out / "store"
@@ -66,7 +68,7 @@ def main() -> None:
     default = archive.ArchiveConfig()
     models = {
         name: archive.build(ckpt, store, default).name,
-        f"{name}-d2": archive.build(ckpt, store, archive.ArchiveConfig(max_batch_delay=2), name=f"{name}-d2").name,
+        f"{name}-d10": archive.build(ckpt, store, archive.ArchiveConfig(max_batch_delay=10), name=f"{name}-d10").name,
         f"{name}-b1": archive.build(ckpt, store, archive.ArchiveConfig(batch_size=1), name=f"{name}-b1").name,
         f"{name}-t1": archive.build(
             ckpt, store, archive.ArchiveConfig(batch_size=1, threads=1), name=f"{name}-t1"
@@ -78,25 +80,28 @@ def main() -> None:
     onnx_export.export(model, meta, onnx_path)
     data = noise_pngs(64, args.size)
     cfg = ServeConfig.on_free_ports(out / "serve", store, models)
-    results = {}
+    results = []
     with TorchServe(cfg), TorchServeClient(cfg.target) as client:
         calls = {
             "onnxruntime": in_process(OnnxBackend(onnx_path, threads_per_worker(1)), meta),
             "batching": lambda im: client.predict(im, model=name),
-            "batching-2ms": lambda im: client.predict(im, model=f"{name}-d2"),
+            "batching-10ms": lambda im: client.predict(im, model=f"{name}-d10"),
             "no-batching": lambda im: client.predict(im, model=f"{name}-b1"),
             "threads-1": lambda im: client.predict(im, model=f"{name}-t1"),
             "floor": lambda im: client.predictions({"data": im}, model="trivial"),
         }
-        for path, call in calls.items():
-            results[path] = measure(lambda i, call=call: call(data[i % len(data)]), 1, args.requests, warmup=10)
-    base = results["onnxruntime"]["p50_ms"]
-    lines = [f"{args.arch} at {args.size}x{args.size}, concurrency 1, max_batch_delay {default.max_batch_delay} ms"]
-    lines.append(f"{'path':>12} {'p50 ms':>8} {'p95 ms':>8} {'p50 / onnxruntime':>18}")
-    lines += [
-        f"{path:>12} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p50_ms'] / base:>17.2f}x"
-        for path, r in results.items()
-    ]
+        for c in args.concurrency:
+            for path, call in calls.items():
+                r = measure(lambda i, call=call: call(data[i % len(data)]), c, args.requests, warmup=max(10, c))
+                results.append({"path": path, **r})
+    lines = [f"{args.arch} at {args.size}x{args.size}, archive default max_batch_delay {default.max_batch_delay} ms"]
+    lines.append(f"{'path':>12} {'conc':>5} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'p50 / onnxruntime':>18}")
+    for r in results:
+        base = next(b for b in results if b["path"] == "onnxruntime" and b["concurrency"] == r["concurrency"])
+        lines.append(
+            f"{r['path']:>12} {r['concurrency']:>5} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['per_second']:>8.1f} "
+            f"{r['p50_ms'] / base['p50_ms']:>17.2f}x"
+        )
     text = "\n".join(lines)
     print(text)
     (out / "overhead.json").write_text(json.dumps({"results": results, "settings": vars(args), "text": text}, indent=2))
