@@ -31,10 +31,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.load import rate
-from finetune import builds, checkpoint, decoy_digits, onnx_export
+from bench.serving import make_checkpoint
+from finetune import builds, checkpoint, onnx_export
 from finetune.builds import BuildConfig
 from finetune.data import DataConfig, builtin_split
-from finetune.model import create_model
 from handlers.backends import OnnxBackend, TorchBackend
 
 FMA_UNITS = 2
@@ -70,11 +70,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
-    torch.manual_seed(0)
-    model = create_model(args.arch, len(decoy_digits.CLASSES)).eval()
+    ckpt = make_checkpoint(args.arch, args.size, out)
+    model, meta = checkpoint.load(ckpt)
     size = (args.size, args.size)
-    meta = checkpoint.metadata(model, args.arch, decoy_digits.CLASSES, size, [0.5] * 3, [0.25] * 3, {"data": "decoy"})
-    checkpoint.save(out / "checkpoint.pt", model, meta)
     onnx_export.export(model, meta, out / "fp32.onnx")
     train = builtin_split(DataConfig(), "train", size)
     builds.make(
@@ -86,10 +84,9 @@ def main() -> None:
     )
 
     x = np.random.default_rng(0).standard_normal((args.batch, 3, *size)).astype(np.float32)
-    side = model(torch.from_numpy(x[:1])).attention.shape[-1]
-    maps, supplied = np.zeros((args.batch, 1, side, side), np.float32), np.zeros(args.batch, bool)
+    maps, supplied = np.zeros((args.batch, 1, *meta["map_size"]), np.float32), np.zeros(args.batch, bool)
     paths = {
-        "PyTorch eager fp32": TorchBackend(out / "checkpoint.pt", cores),
+        "PyTorch eager fp32": TorchBackend(ckpt, cores),
         "ONNX Runtime fp32": OnnxBackend(out / "fp32.onnx", cores, None, "cpu"),
         "ONNX Runtime int8": OnnxBackend(out / "int8.onnx", cores, None, "cpu", "int8"),
     }

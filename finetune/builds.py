@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from finetune.candidate import own_data
 from finetune.images import normalize
-from finetune.onnx_export import INPUTS
+from finetune.onnx_export import INPUTS, own_map_inputs
 
 BUILDS = ("fp32", "int8", "fp16")
 
@@ -51,9 +51,7 @@ class _Calibration(CalibrationDataReader):
         batch = next(self.batches, None)
         if batch is None:
             return None
-        x = normalize(batch["image"], self.meta["mean"], self.meta["std"]).numpy()
-        b, (h, w) = len(x), self.meta["map_size"]
-        return dict(zip(INPUTS, (x, np.zeros((b, 1, h, w), np.float32), np.zeros(b, bool))))
+        return own_map_inputs(normalize(batch["image"], self.meta["mean"], self.meta["std"]).numpy(), self.meta)
 
 
 def _kept_float(model: onnx.ModelProto) -> list[str]:

@@ -38,6 +38,12 @@ def sample_inputs(meta: dict, batch: int = 4, seed: int = 0) -> tuple[torch.Tens
     return image, maps, supplied
 
 
+def own_map_inputs(images: np.ndarray, meta: dict) -> dict[str, np.ndarray]:
+    """ONNX Runtime's inputs for a batch of normalised images that keep the model's own maps (none supplied)."""
+    b, (h, w) = len(images), meta["map_size"]
+    return dict(zip(INPUTS, (images, np.zeros((b, 1, h, w), np.float32), np.zeros(b, bool))))
+
+
 def export(model: ABN, meta: dict, path: str | Path) -> None:
     model.eval()
     path = Path(path)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from finetune.images import normalize
 from finetune.model import ABN
-from finetune.onnx_export import INPUTS, OUTPUTS
+from finetune.onnx_export import OUTPUTS, own_map_inputs
 
 
 @dataclass(frozen=True)
@@ -47,17 +47,12 @@ def figures(
         raise ValueError("no validation images to check the build on")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model.eval()
-    h, w = meta["map_size"]
     same, abs_diff, cells = 0, 0.0, 0
     for batch in DataLoader(Subset(dataset, range(n)), batch_size=cfg.check_batch):
         x = normalize(batch["image"], meta["mean"], meta["std"])
-        b = len(x)
         with torch.no_grad():
             expected = model(x)
-        logits, attention = session.run(
-            [OUTPUTS[0], OUTPUTS[2]],
-            dict(zip(INPUTS, (x.numpy(), np.zeros((b, 1, h, w), np.float32), np.zeros(b, bool)))),
-        )
+        logits, attention = session.run([OUTPUTS[0], OUTPUTS[2]], own_map_inputs(x.numpy(), meta))
         same += int((logits.argmax(1) == expected.logits.argmax(1).numpy()).sum())
         abs_diff += float(np.abs(attention.astype(np.float64) - expected.attention.numpy()).sum())
         cells += attention.size
