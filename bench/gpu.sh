@@ -3,4 +3,4 @@
 # GPU, within 8 minutes. --dry-run builds and checks abn_small on the CPU without timing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec timeout 480 .venv/bin/python -m bench.gpu "$@"
+exec timeout 480 "${PYTHON:-.venv/bin/python}" -m bench.gpu "$@"

@@ -17,7 +17,7 @@ first on the worker's import path): a worker runs the code the archive was
 built and checked with, whatever version of the product is installed.
 
 The archive's model-config.yaml may hold, under `abn`: backend (onnx | torch),
-threads (intra-op threads per worker; default: cores / minWorkers),
+threads (intra-op threads per worker; default: one where ONNX Runtime runs on a GPU, else cores / minWorkers),
 max_image_bytes, device (handlers.backends.DEVICES), build (the ONNX model's
 build and its parity figures, which TorchServe's customized describe answers).
 """
@@ -50,16 +50,14 @@ class ABNHandler(BaseHandler):
         config = context.model_yaml_config or {}
         settings = config.get("abn", {})
         self.meta = checkpoint.read_metadata(model_dir / "checkpoint.pt")
-        threads = int(settings.get("threads") or backends.threads_per_worker(int(config.get("minWorkers", 1))))
         self.build = settings.get("build", {"build": "fp32"})
-        self.backend = backends.load(
-            settings.get("backend", "onnx"),
-            model_dir,
-            threads,
-            props.get("gpu_id"),
-            settings.get("device", backends.DEFAULT_DEVICE),
-            self.build["build"],
+        backend, device = settings.get("backend", "onnx"), settings.get("device", backends.DEFAULT_DEVICE)
+        workers = int(config.get("minWorkers", 1))
+        threads = int(
+            settings.get("threads")
+            or backends.default_threads(backend, device, self.build["build"], props.get("gpu_id"), workers)
         )
+        self.backend = backends.load(backend, model_dir, threads, props.get("gpu_id"), device, self.build["build"])
         self.max_image_bytes = int(settings.get("max_image_bytes", requests.DEFAULT_MAX_IMAGE_BYTES))
         model = context.manifest.get("model", {})
         self.model_name = model.get("modelName", self.meta["name"])

@@ -1,5 +1,6 @@
 """Builds of the served ONNX model (fp32, int8, fp16), their parity check, and the device setting."""
 
+import ctypes
 import subprocess
 import zipfile
 
@@ -18,6 +19,18 @@ from serving.torchserve.archive import ArchiveConfig
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def tensorrt_installed() -> bool:
+    """Whether TensorRT's libraries load (onnxruntime-gpu lists its provider either way)."""
+    try:
+        ctypes.CDLL("libnvinfer.so.10")
+    except OSError:
+        return False
+    return True
+
+
+needs_tensorrt = pytest.mark.skipif(not tensorrt_installed(), reason="needs TensorRT's libraries")
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +97,21 @@ def test_the_worker_refuses_a_gpu_device_and_auto_takes_the_cpu(ckpt, tmp_path):
         backends.OnnxBackend(tmp_path / "model.onnx", 1, gpu_id=0, device="cuda")
     assert backends.choose("auto", "fp16", gpu_id=0) == "cpu"
     assert backends.OnnxBackend(tmp_path / "model.onnx", 1, gpu_id=0, device="auto").device == "CPUExecutionProvider"
+    # the CPU's threads are the cores shared among the workers; a GPU asked for and missing is refused here too
+    assert backends.default_threads("onnx", "auto", "fp16", 0, 2) == backends.threads_per_worker(2)
+    with pytest.raises(backends.DeviceError):
+        backends.default_threads("onnx", "cuda", "fp16", 0, 1)
 
 
 @needs_gpu
-@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
+@pytest.mark.parametrize("device", ["cuda", pytest.param("tensorrt", marks=needs_tensorrt)])
 def test_the_fp16_build_on_the_gpu_matches_the_cpu(ckpt, tmp_path, device):
     mar = archive.build(ckpt, tmp_path, ArchiveConfig(build=BuildConfig(build="fp16"), device=device))
     with zipfile.ZipFile(mar) as z:
         z.extract("model.onnx", tmp_path)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     maps, supplied = np.zeros((4, 1, 16, 16), np.float32), np.zeros(4, bool)
+    assert backends.default_threads("onnx", device, "fp16", 0, 4) == 1  # the GPU runs the kernels
     on_gpu = backends.OnnxBackend(tmp_path / "model.onnx", 1, 0, device, "fp16").run(x, maps, supplied)
     on_cpu = backends.OnnxBackend(tmp_path / "model.onnx", 1, None, "cpu", "fp16").run(x, maps, supplied)
     for a, b in zip(on_gpu, on_cpu):

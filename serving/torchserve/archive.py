@@ -48,7 +48,7 @@ class ArchiveConfig:
     # batches anyway (bench/overhead.py: 2 ms serves concurrency 8 and 32 as fast as 10 ms, and 1 with 10 ms less)
     max_batch_delay: int = 2
     workers: int = 1  # worker processes for this model
-    threads: int | None = None  # intra-op threads per worker; None: cores / workers
+    threads: int | None = None  # intra-op threads per worker; None: one on a GPU, else cores / workers
     build: BuildConfig = BuildConfig()  # fp32, int8 (CPU) or fp16 (GPU), and int8's calibration
     parity: ParityConfig = ParityConfig()  # the bar an int8 or fp16 build must clear
     device: str = backends.DEFAULT_DEVICE  # where the worker runs the ONNX model: one of handlers.backends.DEVICES
