@@ -58,6 +58,10 @@ class ABNHandler(BaseHandler):
             or backends.default_threads(backend, device, self.build["build"], props.get("gpu_id"), workers)
         )
         self.backend = backends.load(backend, model_dir, threads, props.get("gpu_id"), device, self.build["build"])
+        if backend == "onnx":
+            # decoding and normalising are small: on one torch thread, whose OpenMP peers would otherwise spin
+            # after each op and take the cores from ONNX Runtime's run (bench/overhead.py: a sixth of its time)
+            torch.set_num_threads(1)
         self.max_image_bytes = int(settings.get("max_image_bytes", requests.DEFAULT_MAX_IMAGE_BYTES))
         model = context.manifest.get("model", {})
         self.model_name = model.get("modelName", self.meta["name"])
