@@ -11,6 +11,7 @@ fp32, untrained: speed does not depend on the weights), one request at a time:
                      to TorchServe's Java frontend)
   floor              TorchServe gRPC to a trivial handler that answers at once:
                      what TorchServe itself costs, without our handler
+  floor-batching     the same handler batched as the archive's defaults batch
 Prints p50/p95, requests/s and each path's p50 over in-process ONNX Runtime's
 at each --concurrency (1 by default; more shows what the batch delay buys under
 load); writes overhead.json into --out.
@@ -40,15 +41,19 @@ def handle(data, context):
 '''
 
 
-def trivial_archive(store: Path, work: Path) -> str:
-    """A .mar whose handler does no work: TorchServe's own floor."""
+def trivial_archive(store: Path, work: Path, name: str = "trivial", batch: archive.ArchiveConfig | None = None) -> str:
+    """A .mar whose handler does no work: TorchServe's own floor; with batch, batched as that archive is."""
     handler = work / "trivial_handler.py"
     handler.write_text(TRIVIAL)
     archiver = str(Path(sys.executable).parent / "torch-model-archiver")
-    command = [archiver, "--model-name", "trivial", "--version", "1", "--handler", str(handler),
+    command = [archiver, "--model-name", name, "--version", "1", "--handler", str(handler),
                "--export-path", str(store), "--force"]  # fmt: skip
+    if batch:
+        config = work / f"{name}.yaml"
+        config.write_text(f"batchSize: {batch.batch_size}\nmaxBatchDelay: {batch.max_batch_delay}\n")
+        command += ["--config-file", str(config)]
     subprocess.run(command, check=True)
-    return "trivial.mar"
+    return f"{name}.mar"
 
 
 def main() -> None:
@@ -74,6 +79,7 @@ def main() -> None:
             ckpt, store, archive.ArchiveConfig(batch_size=1, threads=1), name=f"{name}-t1"
         ).name,
         "trivial": trivial_archive(store, out),
+        "trivial-batching": trivial_archive(store, out, "trivial-batching", default),
     }
     onnx_path = out / f"{args.arch}.onnx"
     model, _ = checkpoint.load(ckpt)
@@ -89,17 +95,18 @@ def main() -> None:
             "no-batching": lambda im: client.predict(im, model=f"{name}-b1"),
             "threads-1": lambda im: client.predict(im, model=f"{name}-t1"),
             "floor": lambda im: client.predictions({"data": im}, model="trivial"),
+            "floor-batching": lambda im: client.predictions({"data": im}, model="trivial-batching"),
         }
         for c in args.concurrency:
             for path, call in calls.items():
                 r = measure(lambda i, call=call: call(data[i % len(data)]), c, args.requests, warmup=max(10, c))
                 results.append({"path": path, **r})
     lines = [f"{args.arch} at {args.size}x{args.size}, archive default max_batch_delay {default.max_batch_delay} ms"]
-    lines.append(f"{'path':>12} {'conc':>5} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'p50 / onnxruntime':>18}")
+    lines.append(f"{'path':>14} {'conc':>5} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'p50 / onnxruntime':>18}")
     for r in results:
         base = next(b for b in results if b["path"] == "onnxruntime" and b["concurrency"] == r["concurrency"])
         lines.append(
-            f"{r['path']:>12} {r['concurrency']:>5} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['per_second']:>8.1f} "
+            f"{r['path']:>14} {r['concurrency']:>5} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['per_second']:>8.1f} "
             f"{r['p50_ms'] / base['p50_ms']:>17.2f}x"
         )
     text = "\n".join(lines)

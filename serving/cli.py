@@ -273,7 +273,9 @@ def _package_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch-delay", type=int, default=d.max_batch_delay, help="ms TorchServe waits to fill a batch"
     )
     parser.add_argument("--workers", type=int, default=d.workers, help="worker processes for this model")
-    parser.add_argument("--threads", type=int, help="intra-op threads per worker (default: cores / workers)")
+    parser.add_argument(
+        "--threads", type=int, help="intra-op threads per worker (default: cores / workers, one on a GPU)"
+    )
     b, c = BuildConfig(), ParityConfig()
     g = parser.add_argument_group("build (onnx backend)")
     g.add_argument("--build", choices=builds.BUILDS, default=b.build, help="int8: for the CPU; fp16: for the GPU")
