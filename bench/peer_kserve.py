@@ -12,10 +12,10 @@ from a JSON file the benchmark writes beside the ONNX file (bench.peer.write_set
 serve: a kserve.Model whose preprocess decodes the PNG of the request's BYTES input and brings it to the
 model's size and normalisation as the product's handler does (finetune.images: EXIF orientation, 16-bit grey
 to 8 bits, RGB, bilinear resize, [0, 1], (x - mean) / std), and whose predict runs ONNX Runtime on the CPU
-(intra-op threads as TorchServe's worker, one inter-op thread) with no supplied map, answering the class
-probabilities (1 x K, FP32) and the attention map (1 x h x w, FP32) as output tensors. preprocess and predict
-are plain methods, as KServe's examples write them: the server runs them on its event loop, one request
-after another (KServe's Python server has no batching of its own; one process serves gRPC).
+(intra-op threads as TorchServe's worker, one inter-op thread, idle threads asleep) with no supplied map,
+answering the class probabilities (1 x K, FP32) and the attention map (1 x h x w, FP32) as output tensors.
+preprocess and predict are plain methods, as KServe's examples write them: the server runs them on its event
+loop, one request after another (KServe's Python server has no batching of its own; one process serves gRPC).
 
 measure: the client. Like the product's client of TorchServe it is Python and grpcio, one channel shared by
 every thread, a blocking call per request, the answer decoded to arrays; the load comes from the same
@@ -65,6 +65,7 @@ class Runner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings["threads"]
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
         self.inputs, self.outputs = settings["inputs"], settings["outputs"]
         self.map_size = tuple(settings["map_size"])
