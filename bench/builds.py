@@ -57,7 +57,8 @@ def graph_conv_flops(path: Path) -> float:
     """FLOPs of one image through the ONNX graph's convolutions, from their shapes (a multiply-add counts 2):
     the work ONNX Runtime is given, to set beside torch's count of the eager model's."""
     model = onnx.shape_inference.infer_shapes(onnx.load(path))
-    dims = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+    values = [*model.graph.value_info, *model.graph.output]
+    dims = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim] for v in values}
     weights = {w.name: list(w.dims) for w in model.graph.initializer}
     convs = (n for n in model.graph.node if n.op_type == "Conv")
     return float(sum(2 * np.prod(dims[n.output[0]]) * np.prod(weights[n.input[1]][1:]) for n in convs))

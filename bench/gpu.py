@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from bench.load import measure, noise_pngs, rate
+from bench.load import measure, noise_pngs, onnx_of, rate
 from finetune import checkpoint, decoy_digits
 from finetune.builds import BuildConfig
 from finetune.data import DataConfig, builtin_split
 from finetune.images import normalize
 from finetune.model import create_model
 from finetune.parity import ParityConfig
-from handlers.backends import OnnxBackend
+from handlers.backends import DeviceError, OnnxBackend
 from serving.client import Client
 from serving.torchserve import archive
 from serving.torchserve.config import ServeConfig
@@ -79,12 +78,6 @@ def trained_checkpoint(arch: str, size: int, steps: int, device: str, out: Path)
     path = out / f"{arch}.pt"
     checkpoint.save(path, model, meta)
     return path
-
-
-def onnx_of(mar: Path, out: Path) -> Path:
-    with zipfile.ZipFile(mar) as z:
-        out.write_bytes(z.read("model.onnx"))
-    return out
 
 
 def main() -> None:
@@ -155,7 +148,7 @@ def in_process(ckpt: Path, store: Path, out: Path, batches: list[int], check_ima
     ):
         try:
             paths[name] = OnnxBackend(path, 1, 0, device, build)
-        except Exception as e:  # TensorRT's libraries are a separate install: say so, time the rest
+        except DeviceError as e:  # TensorRT's libraries are a separate install: say so, time the rest
             unavailable[name] = f"{type(e).__name__}: {e}"[:300]
             progress(f"{name} unavailable: {unavailable[name]}")
     val = builtin_split(DataConfig(), "val", tuple(meta["input_size"]))

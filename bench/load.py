@@ -1,14 +1,23 @@
-"""What the benchmarks share: noise images, and a closed-loop load at a given concurrency."""
+"""What the benchmarks share: noise images, a closed-loop load at a given concurrency, an archive's model."""
 
 import io
 import statistics
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+
+def onnx_of(mar: Path, out: Path) -> Path:
+    """The ONNX model an archive serves, written to out."""
+    with zipfile.ZipFile(mar) as z:
+        out.write_bytes(z.read("model.onnx"))
+    return out
 
 
 def png(array: np.ndarray) -> bytes:

@@ -20,10 +20,13 @@ load); writes overhead.json into --out.
 """
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from bench.load import measure, noise_pngs
 from bench.serving import in_process, make_checkpoint
@@ -41,16 +44,16 @@ def handle(data, context):
 '''
 
 
-def trivial_archive(store: Path, work: Path, name: str = "trivial", batch: archive.ArchiveConfig | None = None) -> str:
-    """A .mar whose handler does no work: TorchServe's own floor; with batch, batched as that archive is."""
+def trivial_archive(store: Path, work: Path, name: str = "trivial", like: archive.ArchiveConfig | None = None) -> str:
+    """A .mar whose handler does no work: TorchServe's own floor; batched as like is, if given."""
     handler = work / "trivial_handler.py"
     handler.write_text(TRIVIAL)
     archiver = str(Path(sys.executable).parent / "torch-model-archiver")
     command = [archiver, "--model-name", name, "--version", "1", "--handler", str(handler),
                "--export-path", str(store), "--force"]  # fmt: skip
-    if batch:
+    if like:
         config = work / f"{name}.yaml"
-        config.write_text(f"batchSize: {batch.batch_size}\nmaxBatchDelay: {batch.max_batch_delay}\n")
+        config.write_text(f"batchSize: {like.batch_size}\nmaxBatchDelay: {like.max_batch_delay}\n")
         command += ["--config-file", str(config)]
     subprocess.run(command, check=True)
     return f"{name}.mar"
@@ -70,14 +73,16 @@ def main() -> None:
     ckpt = make_checkpoint(args.arch, args.size, out)
     _, meta = checkpoint.load(ckpt)
     name = meta["name"]
-    default = archive.ArchiveConfig()
+    torch.set_num_threads(1)  # the in-process path preprocesses with torch on one thread, as the worker does
+    default = archive.ArchiveConfig(device="cpu")  # on the CPU wherever this runs, as the in-process path
+    variants = {
+        name: default,
+        f"{name}-d10": dataclasses.replace(default, max_batch_delay=10),
+        f"{name}-b1": dataclasses.replace(default, batch_size=1),
+        f"{name}-t1": dataclasses.replace(default, batch_size=1, threads=1),
+    }
     models = {
-        name: archive.build(ckpt, store, default).name,
-        f"{name}-d10": archive.build(ckpt, store, archive.ArchiveConfig(max_batch_delay=10), name=f"{name}-d10").name,
-        f"{name}-b1": archive.build(ckpt, store, archive.ArchiveConfig(batch_size=1), name=f"{name}-b1").name,
-        f"{name}-t1": archive.build(
-            ckpt, store, archive.ArchiveConfig(batch_size=1, threads=1), name=f"{name}-t1"
-        ).name,
+        **{model: archive.build(ckpt, store, cfg, name=model).name for model, cfg in variants.items()},
         "trivial": trivial_archive(store, out),
         "trivial-batching": trivial_archive(store, out, "trivial-batching", default),
     }

@@ -96,7 +96,9 @@ class PeerServer:
         command = [str(self.py), "-m", "bench.peer_kserve", "measure", "--target", self.target, "--name", self.name,
                    "--images", str(images), "--concurrency", str(concurrency), "--requests", str(requests),
                    "--warmup", str(warmup)]  # fmt: skip
-        done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the peer's client ended with status {done.returncode}:\n{done.stderr[-2000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     def stop(self) -> None:

@@ -27,7 +27,6 @@ import contextlib
 import http.client
 import json
 import threading
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from bench import peer
-from bench.load import measure, noise_pngs
+from bench.load import measure, noise_pngs, onnx_of
 from finetune import checkpoint, onnx_export
 from finetune.images import image_tensor, normalize, open_image
 from finetune.model import create_model
@@ -130,7 +129,7 @@ def start_peer(stack: contextlib.ExitStack, py: Path, mar: Path, meta: dict, thr
     """The peer serving the ONNX file of TorchServe's archive, with the same images to send; a path's run,
     which checks that the peer answers the first image as in-process ONNX Runtime does."""
     onnx = out / f"{arch}.served.onnx"
-    onnx.write_bytes(zipfile.ZipFile(mar).read("model.onnx"))
+    onnx_of(mar, onnx)
     settings = peer.write_settings(meta, threads, onnx_export.INPUTS, onnx_export.OUTPUTS, out / f"{arch}.peer.json")
     images = out / f"images-{arch}"
     images.mkdir(exist_ok=True)
@@ -192,7 +191,10 @@ def main() -> None:
         paths[arch] = archive.build(
             ckpt,
             store,
-            archive.ArchiveConfig(backend="onnx", batch_size=args.batch_size, max_batch_delay=args.max_batch_delay),
+            # on the CPU wherever this runs: the in-process paths and the peer do
+            archive.ArchiveConfig(
+                backend="onnx", batch_size=args.batch_size, max_batch_delay=args.max_batch_delay, device="cpu"
+            ),
         )
     cfg = ServeConfig.on_free_ports(out / "serve", store, {metas[a]["name"]: paths[a].name for a in models})
     results = []
@@ -222,6 +224,8 @@ def main() -> None:
                     runs[PEER_PATH] = start_peer(stack, peer_py, paths[arch], meta, threads, data, out, arch, requests)
                 for c in args.concurrency:
                     for name, run in tqdm(runs.items(), desc=f"{arch} concurrency {c}", leave=False):
+                        # torch preprocesses on one thread beside ONNX Runtime, as TorchServe's worker does
+                        torch.set_num_threads(threads if name == "pytorch-eager" else 1)
                         r = run(c)
                         results.append({"model": arch, "input": size, "path": name, **r})
                         print(
@@ -266,7 +270,8 @@ def main() -> None:
             p50 = {c: ours[c]["p50_ms"] / theirs[c]["p50_ms"] for c in args.concurrency}
             ratios[arch].update({f"torchserve_over_kserve_throughput_at_c{c}": v for c, v in throughput.items()})
             ratios[arch].update({f"torchserve_p50_over_kserve_p50_at_c{c}": v for c, v in p50.items()})
-            # issue 14's targets: at least the peer's throughput under load, p50 within 1.2x of its at c=1
+            # the serving targets (docs/performance.md, "A peer"): at least the peer's throughput under load,
+            # p50 within 1.2x of its at concurrency 1
             targets[arch] = {f"throughput_at_least_kserve_at_c{c}": throughput[c] >= 1 for c in throughput if c > 1}
             targets[arch][f"p50_within_1.2x_kserve_at_c{c1}"] = p50[c1] <= 1.2
     lines = [f"{'model':>13} {'path':>16} {'conc':>5} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}"]

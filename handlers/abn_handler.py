@@ -59,8 +59,9 @@ class ABNHandler(BaseHandler):
         )
         self.backend = backends.load(backend, model_dir, threads, props.get("gpu_id"), device, self.build["build"])
         if backend == "onnx":
-            # decoding and normalising are small: on one torch thread, whose OpenMP peers would otherwise spin
-            # after each op and take the cores from ONNX Runtime's run (bench/overhead.py: a sixth of its time)
+            # stacking and normalising the batch are small: on one torch thread, whose OpenMP peers would otherwise
+            # spin after each op and take the cores from ONNX Runtime's run (docs/performance.md: the inference
+            # stage 50.6 -> 41.4 ms)
             torch.set_num_threads(1)
         self.max_image_bytes = int(settings.get("max_image_bytes", requests.DEFAULT_MAX_IMAGE_BYTES))
         model = context.manifest.get("model", {})

@@ -11,6 +11,7 @@ error when the worker loads, never a quiet run on the CPU. On a GPU, inputs and 
 binding.
 """
 
+import ctypes
 import logging
 import os
 from pathlib import Path
@@ -33,6 +34,15 @@ class DeviceError(ValueError):
     """The device asked for cannot run here."""
 
 
+def tensorrt_installed() -> bool:
+    """Whether TensorRT's libraries load: onnxruntime-gpu lists its TensorRT provider whether or not they do."""
+    try:
+        ctypes.CDLL("libnvinfer.so.10")  # the TensorRT major version onnxruntime-gpu 1.31 is built against
+    except OSError:
+        return False
+    return True
+
+
 def gpu_available() -> bool:
     # onnxruntime-gpu lists its CUDA and TensorRT providers on any machine: whether a GPU is there, torch tells
     return torch.cuda.is_available()
@@ -51,6 +61,8 @@ def check_device(device: str) -> None:
         )
     if not gpu_available():
         raise DeviceError(f"device {device} needs a CUDA GPU and this machine has none: use --device cpu or auto")
+    if device == "tensorrt" and not tensorrt_installed():
+        raise DeviceError("device tensorrt needs TensorRT 10's libraries (libnvinfer.so.10): install them or use cuda")
 
 
 def choose(device: str, build: str = "fp32", gpu_id: int | None = None) -> str:
@@ -60,7 +72,7 @@ def choose(device: str, build: str = "fp32", gpu_id: int | None = None) -> str:
         return device
     if gpu_id is None or not gpu_available() or build == "int8":
         return "cpu"
-    if build == "fp16" and PROVIDERS["tensorrt"] in ort.get_available_providers():
+    if build == "fp16" and PROVIDERS["tensorrt"] in ort.get_available_providers() and tensorrt_installed():
         return "tensorrt"
     return "cuda" if PROVIDERS["cuda"] in ort.get_available_providers() else "cpu"
 
@@ -90,8 +102,8 @@ def threads_per_worker(workers: int) -> int:
 def default_threads(backend: str, device: str, build: str, gpu_id: int | None, workers: int) -> int:
     """Intra-op threads of a worker whose archive sets none: one where ONNX Runtime runs on a GPU, which runs
     the kernels while a pool of CPU threads would only compete with the frontend and the decoding of other
-    requests (bench/gpu.py, H100: 1.7-3.8x the requests/s at concurrency 8 and 64 with one thread than with
-    16); else this machine's cores shared among the workers."""
+    requests (bench/gpu.py, one run on an H100: 1.7-3.8x the requests/s at concurrency 8 and 64 with one thread
+    than with 16); else this machine's cores shared among the workers."""
     if backend == "onnx" and choose(device, build, gpu_id) != "cpu":
         return 1
     return threads_per_worker(workers)

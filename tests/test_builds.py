@@ -1,6 +1,5 @@
 """Builds of the served ONNX model (fp32, int8, fp16), their parity check, and the device setting."""
 
-import ctypes
 import subprocess
 import zipfile
 
@@ -8,8 +7,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from bench.builds import graph_conv_flops
 from bench.gpu import trained_checkpoint
+from finetune import checkpoint, onnx_export
 from finetune.builds import BuildConfig
 from finetune.parity import ParityConfig, ParityError
 from handlers import backends
@@ -21,16 +23,7 @@ no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusa
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def tensorrt_installed() -> bool:
-    """Whether TensorRT's libraries load (onnxruntime-gpu lists its provider either way)."""
-    try:
-        ctypes.CDLL("libnvinfer.so.10")
-    except OSError:
-        return False
-    return True
-
-
-needs_tensorrt = pytest.mark.skipif(not tensorrt_installed(), reason="needs TensorRT's libraries")
+needs_tensorrt = pytest.mark.skipif(not backends.tensorrt_installed(), reason="needs TensorRT's libraries")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +82,7 @@ def test_a_gpu_device_is_refused_up_front_without_one(ckpt, tmp_path, capsys, de
 
 
 @no_gpu
-def test_the_worker_refuses_a_gpu_device_and_auto_takes_the_cpu(ckpt, tmp_path):
+def test_the_worker_refuses_a_gpu_device_and_auto_takes_the_cpu(ckpt, tmp_path, monkeypatch):
     mar = archive.build(ckpt, tmp_path, ArchiveConfig())
     with zipfile.ZipFile(mar) as z:
         z.extract("model.onnx", tmp_path)
@@ -97,8 +90,12 @@ def test_the_worker_refuses_a_gpu_device_and_auto_takes_the_cpu(ckpt, tmp_path):
         backends.OnnxBackend(tmp_path / "model.onnx", 1, gpu_id=0, device="cuda")
     assert backends.choose("auto", "fp16", gpu_id=0) == "cpu"
     assert backends.OnnxBackend(tmp_path / "model.onnx", 1, gpu_id=0, device="auto").device == "CPUExecutionProvider"
+    # idle ONNX Runtime threads sleep rather than take the cores from TorchServe's frontend
+    options = backends.OnnxBackend(tmp_path / "model.onnx", 2, device="cpu").session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     # the CPU's threads are the cores shared among the workers; a GPU asked for and missing is refused here too
-    assert backends.default_threads("onnx", "auto", "fp16", 0, 2) == backends.threads_per_worker(2)
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 8)
+    assert backends.default_threads("onnx", "auto", "fp16", 0, 2) == 4
     with pytest.raises(backends.DeviceError):
         backends.default_threads("onnx", "cuda", "fp16", 0, 1)
 
@@ -125,3 +122,22 @@ def test_the_gpu_benchmark_dry_run_builds_and_checks_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "fp16: {'agreement':" in done.stdout
     assert (tmp_path / "gpu.md").is_file() and (tmp_path / "store" / "abn_fp16.v1.mar").is_file()
+
+
+def test_the_graphs_convolution_flops_are_the_eager_models(ckpt, tmp_path):
+    model, meta = checkpoint.load(ckpt)
+    onnx_export.export(model, meta, tmp_path / "model.onnx")
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, 3, *meta["input_size"]))
+    convolutions = counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    assert graph_conv_flops(tmp_path / "model.onnx") == convolutions > 0
+
+
+def test_tensorrt_without_its_libraries_is_refused_and_auto_takes_cuda(monkeypatch):
+    # a GPU machine without TensorRT, which this machine (no GPU) can only stand in for
+    monkeypatch.setattr(backends, "gpu_available", lambda: True)
+    monkeypatch.setattr(backends, "tensorrt_installed", lambda: False)
+    with pytest.raises(backends.DeviceError, match=r"device tensorrt needs TensorRT 10's libraries"):
+        backends.check_device("tensorrt")
+    assert backends.choose("auto", "fp16", gpu_id=0) == "cuda"
+    assert backends.default_threads("onnx", "auto", "fp16", 0, 4) == 1
