@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from bench.load import measure, noise_pngs
+from bench.load import measure, noise_pngs, onnx_of
 from bench.serving import in_process, make_checkpoint
-from finetune import checkpoint, onnx_export
+from finetune import checkpoint
 from handlers.backends import OnnxBackend, threads_per_worker
 from serving.torchserve import archive
 from serving.torchserve.client import TorchServeClient
@@ -86,9 +86,7 @@ def main() -> None:
         "trivial": trivial_archive(store, out),
         "trivial-batching": trivial_archive(store, out, "trivial-batching", default),
     }
-    onnx_path = out / f"{args.arch}.onnx"
-    model, _ = checkpoint.load(ckpt)
-    onnx_export.export(model, meta, onnx_path)
+    onnx_path = onnx_of(store / models[name], out / f"{args.arch}.onnx")  # the file TorchServe serves
     data = noise_pngs(64, args.size)
     cfg = ServeConfig.on_free_ports(out / "serve", store, models)
     results = []

@@ -124,19 +124,17 @@ def local(call, data: list[bytes], requests: int):
     return run
 
 
-def start_peer(stack: contextlib.ExitStack, py: Path, mar: Path, meta: dict, threads: int, data: list[bytes],
-               out: Path, arch: str, requests: int):  # fmt: skip
+def start_peer(stack: contextlib.ExitStack, py: Path, onnx: Path, meta: dict, threads: int, data: list[bytes],
+               out: Path, arch: str, requests: int, ours):  # fmt: skip
     """The peer serving the ONNX file of TorchServe's archive, with the same images to send; a path's run,
-    which checks that the peer answers the first image as in-process ONNX Runtime does."""
-    onnx = out / f"{arch}.served.onnx"
-    onnx_of(mar, onnx)
+    which checks that the peer answers the first image as ours (in-process ONNX Runtime) does."""
     settings = peer.write_settings(meta, threads, onnx_export.INPUTS, onnx_export.OUTPUTS, out / f"{arch}.peer.json")
     images = out / f"images-{arch}"
     images.mkdir(exist_ok=True)
     for i, image in enumerate(data):
         (images / f"{i:04d}.png").write_bytes(image)
     server = stack.enter_context(peer.PeerServer(py, onnx, settings, arch, out / f"peer-{arch}.log"))
-    expected = in_process(OnnxBackend(onnx, threads), meta)(data[0])
+    expected = ours(data[0])
 
     def run(concurrency: int) -> dict:
         r = server.measure(images, concurrency, requests, warmup=max(10, concurrency))
@@ -210,18 +208,19 @@ def main() -> None:
                 client,
             )  # fmt: skip
             meta, data = metas[arch], noise_pngs(64, size)
-            onnx_path = out / f"{arch}.onnx"
-            model, _ = checkpoint.load(out / f"{arch}.pt")
-            onnx_export.export(model, meta, onnx_path)
+            onnx_path = onnx_of(paths[arch], out / f"{arch}.onnx")  # the file TorchServe serves
+            onnxruntime = in_process(OnnxBackend(onnx_path, threads), meta)
             runs = {
                 "torchserve-grpc": local(lambda im, a=meta["name"]: client.predict(im, model=a), data, requests),
                 "editor-gateway": local(through_gateway(gateway.port, signed_in(gateway.port, token)), data, requests),
-                "onnxruntime": local(in_process(OnnxBackend(onnx_path, threads), meta), data, requests),
+                "onnxruntime": local(onnxruntime, data, requests),
                 "pytorch-eager": local(in_process(TorchBackend(out / f"{arch}.pt", threads), meta), data, requests),
             }
             with contextlib.ExitStack() as stack:
                 if peer_py:
-                    runs[PEER_PATH] = start_peer(stack, peer_py, paths[arch], meta, threads, data, out, arch, requests)
+                    runs[PEER_PATH] = start_peer(
+                        stack, peer_py, onnx_path, meta, threads, data, out, arch, requests, onnxruntime
+                    )
                 for c in args.concurrency:
                     for name, run in tqdm(runs.items(), desc=f"{arch} concurrency {c}", leave=False):
                         # torch preprocesses on one thread beside ONNX Runtime, as TorchServe's worker does

@@ -145,7 +145,8 @@ class OnnxBackend:
         self.on_gpu = chosen != "cpu"
 
     def run(self, images: np.ndarray, maps: np.ndarray, supplied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = dict(zip(INPUTS, (images.astype(np.float32), maps.astype(np.float32), supplied.astype(bool))))
+        arrays = (images.astype(np.float32, copy=False), maps.astype(np.float32, copy=False), supplied.astype(bool))
+        feeds = dict(zip(INPUTS, arrays))
         if self.on_gpu:
             logits, attention = self._run_bound(feeds)
         else:
