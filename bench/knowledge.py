@@ -9,13 +9,24 @@ on a share of the training images, in four variants:
     counterexamples  counterexamples only
     both             L_map + counterexamples (the product's default)
 
-Per cell (variant x edit share), over the seeds (edit selection, fine-tune
-order): random-decoy test accuracy, decoy-only accuracy, the share of attention
-on the object and on the decoy, and the IoU of the thresholded map with the
-object mask. Prints the table, writes knowledge.json and knowledge.png. Runs
-resume: trained models and finished cells are kept in --out.
+and three kinds of corrections (finetune/expert.py):
+
+    whole             the paper's: whole edited maps, every pixel decided
+    strokes           as people paint: an Ignore stroke over the decoy, one to three
+                      Attend strokes on the digit, the rest untouched; with the mask
+                      of the painted pixels (only those decided)
+    strokes-unmasked  the same strokes without the mask: every unpainted pixel keeps
+                      the model's map and is trained on as if the expert had confirmed it
+
+Per cell (corrections x variant x edit share), over the seeds (edit selection,
+strokes, fine-tune order): random-decoy test accuracy, decoy-only accuracy, the
+share of attention on the object and on the decoy, and the IoU of the
+thresholded map with the object mask. Prints the table, writes knowledge.json
+and knowledge.png. Runs resume: trained models and finished cells are kept in
+--out.
 
     .venv/bin/python bench/knowledge.py --out runs/bench-knowledge
+    .venv/bin/python bench/knowledge.py --quick --out runs/bench-knowledge-quick   # minutes, not hours
 """
 
 import argparse
@@ -43,7 +54,18 @@ VARIANTS = {
     "counterexamples": dict(gamma=0.0, counterexamples=True),
     "both": dict(gamma=1.0, counterexamples=True),
 }
+CORRECTIONS = ("whole", "strokes", "strokes-unmasked")
 METRICS = ("test_accuracy", "decoy_only_accuracy", "object_share", "decoy_share", "object_iou")
+# --quick: the strokes against the same strokes unmasked (and whole maps), the default method, one share, two
+# seeds, reference models trained briefly (they learn the decoy, or the digit, all the same)
+QUICK = dict(
+    out="runs/bench-knowledge-quick",
+    shares=[0.05],
+    seeds=2,
+    variants=["both"],
+    corrections=list(CORRECTIONS),
+    train_epochs=8,
+)
 
 
 def trained(out: Path, clean: bool, epochs: int) -> Path:
@@ -66,27 +88,54 @@ def measure(model, meta, test: decoy_digits.Split, decoy_only: decoy_digits.Spli
     }
 
 
-def corrected_train_set(model, meta, share: float, seed: int, brush: int, threshold: float) -> TensorSet:
-    """The training split with simulated-expert corrections on a random share of its images."""
+def cell_key(corrections: str, variant: str, share: float) -> str:
+    """Whole-map cells keep the key they had before corrections came in kinds, so older runs resume."""
+    return f"{variant}@{share}" if corrections == "whole" else f"{variant}/{corrections}@{share}"
+
+
+def corrected_train_sets(model, meta, share: float, seed: int, kinds: list[str], args) -> dict[str, TensorSet]:
+    """The training split with simulated-expert corrections on a random share of its images, per kind of
+    correction (the strokes drawn once for both stroke kinds)."""
     split = decoy_digits.build("train")
     n = len(split.labels)
     chosen = np.random.default_rng(seed).permutation(n)[: round(share * n)]
     _, maps = predict(model, split.images[chosen].expand(-1, 3, -1, -1), meta["mean"], meta["std"])
     before = resize_map(maps, tuple(split.images.shape[-2:]))
-    edits = torch.zeros_like(split.masks)
-    for j, i in enumerate(chosen):
-        edits[i, 0] = torch.from_numpy(
-            expert.correct(
-                split.masks[i, 0].numpy() > 0,
-                before[j, 0].numpy(),
-                brush=brush,
-                threshold=threshold,
-                seed=seed * 100000 + int(i),
-            )
-        )
     has_map = torch.zeros(n, dtype=torch.bool)
     has_map[torch.from_numpy(chosen)] = True
-    return TensorSet(split.images, split.labels, edits, has_map)
+    sets = {}
+    if "whole" in kinds:
+        edits = torch.zeros_like(split.masks)
+        for j, i in enumerate(chosen):
+            edits[i, 0] = torch.from_numpy(
+                expert.correct(
+                    split.masks[i, 0].numpy() > 0,
+                    before[j, 0].numpy(),
+                    brush=args.brush,
+                    threshold=args.erase_above,
+                    seed=seed * 100000 + int(i),
+                )
+            )
+        sets["whole"] = TensorSet(split.images, split.labels, edits, has_map)
+    if {"strokes", "strokes-unmasked"} & set(kinds):
+        edits, decided = torch.zeros_like(split.masks), torch.zeros_like(split.masks)
+        for j, i in enumerate(chosen):
+            edited, painted = expert.strokes(
+                split.masks[i, 0].numpy() > 0,
+                split.decoys[i, 0].numpy() > 0,
+                before[j, 0].numpy(),
+                brush=args.brush,
+                miss=args.stroke_miss,
+                jitter=args.stroke_jitter,
+                wrong=args.stroke_wrong,
+                seed=seed * 100000 + int(i),
+            )
+            edits[i, 0], decided[i, 0] = torch.from_numpy(edited), torch.from_numpy(painted)
+        sets["strokes"] = TensorSet(split.images, split.labels, edits, has_map, decided)
+        sets["strokes-unmasked"] = TensorSet(split.images, split.labels, edits, has_map)  # every pixel decided
+        decided_share = float(decided[has_map].mean())
+        print(f"strokes on {len(chosen)} images decide {decided_share:.1%} of their pixels", flush=True)
+    return sets
 
 
 def summarize(cells: dict) -> dict:
@@ -100,18 +149,19 @@ def summarize(cells: dict) -> dict:
 
 
 def print_table(reference: dict, table: dict, shares: list[float], seeds: int) -> str:
-    head = f"{'model':<18}{'edits':>7}" + "".join(f"{m:>22}" for m in METRICS)
+    head = f"{'model':<34}{'edits':>7}" + "".join(f"{m:>22}" for m in METRICS)
     lines = [head, "-" * len(head)]
     for name, r in reference.items():
-        lines.append(f"{name:<18}{'-':>7}" + "".join(f"{100 * r[m]:>22.1f}" for m in METRICS))
-    for variant in VARIANTS:
-        for share in shares:
-            row = table.get(f"{variant}@{share}")
-            if row:
-                lines.append(
-                    f"{variant:<18}{share:>7.0%}"
-                    + "".join(f"{100 * row[m][0]:>14.1f} ± {100 * row[m][1]:>4.1f}" for m in METRICS)
-                )
+        lines.append(f"{name:<34}{'-':>7}" + "".join(f"{100 * r[m]:>22.1f}" for m in METRICS))
+    for corrections in CORRECTIONS:
+        for variant in VARIANTS:
+            for share in shares:
+                row = table.get(cell_key(corrections, variant, share))
+                if row:
+                    lines.append(
+                        f"{variant + ', ' + corrections:<34}{share:>7.0%}"
+                        + "".join(f"{100 * row[m][0]:>14.1f} ± {100 * row[m][1]:>4.1f}" for m in METRICS)
+                    )
     lines.append(f"(percent; mean ± std over {seeds} seeds)")
     text = "\n".join(lines)
     print(text)
@@ -125,17 +175,18 @@ def figure(reference: dict, table: dict, shares: list[float], path: Path) -> Non
         ("test_accuracy", "decoy_only_accuracy", "object_share"),
         ("random-decoy test accuracy", "decoy-only accuracy (shortcut use)", "share of attention on the object"),
     ):
-        width = 0.8 / len(VARIANTS)
-        for k, variant in enumerate(VARIANTS):
-            rows = [table.get(f"{variant}@{s}") for s in shares]
-            xs = [i + (k - (len(VARIANTS) - 1) / 2) * width for i in range(len(shares))]
+        series = [(c, v) for c in CORRECTIONS for v in VARIANTS if any(cell_key(c, v, s) in table for s in shares)]
+        width = 0.8 / len(series)
+        for k, (corrections, variant) in enumerate(series):
+            rows = [table.get(cell_key(corrections, variant, s)) for s in shares]
+            xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(shares))]
             ax.bar(
                 xs,
                 [100 * r[metric][0] if r else 0 for r in rows],
                 width,
                 yerr=[100 * r[metric][1] if r else 0 for r in rows],
                 capsize=3,
-                label=variant,
+                label=variant if {c for c, _ in series} == {"whole"} else f"{variant}, {corrections}",
             )
         for name, style in (("clean", "--"), ("baseline", ":")):
             ax.axhline(100 * reference[name][metric], color="black", linestyle=style, linewidth=1, label=name)
@@ -154,6 +205,11 @@ def main() -> None:
     p.add_argument("--shares", type=float, nargs="+", default=[0.02, 0.05, 0.2], help="shares of images edited")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--corrections", nargs="+", choices=CORRECTIONS, default=list(CORRECTIONS), help="kinds")
+    p.add_argument("--stroke-miss", type=float, default=0.1, help="strokes: chance a stroke is missed")
+    p.add_argument("--stroke-jitter", type=float, default=1.0, help="strokes: wander of a stroke's points (px, std)")
+    p.add_argument("--stroke-wrong", type=float, default=0.1, help="strokes: chance a stroke lands partly off")
+    p.add_argument("--quick", action="store_true", help=f"a run of minutes: {QUICK} unless given")
     p.add_argument("--train-epochs", type=int, default=30, help="epochs of the clean and baseline models")
     p.add_argument("--brush", type=int, default=2, help="simulated expert's brush radius in pixels")
     p.add_argument(
@@ -162,6 +218,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="fine-tuning epochs")
     p.add_argument("--lr", type=float, default=TuneConfig.lr, help="fine-tuning learning rate")
     args = p.parse_args()
+    if args.quick:
+        p.set_defaults(**QUICK)
+        args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -176,18 +235,19 @@ def main() -> None:
     cells_path = out / "cells.json"
     cells = json.loads(cells_path.read_text()) if cells_path.exists() else {}
     base, meta = checkpoint.load(base_path)
+    wanted = [(c, v, share) for c in args.corrections for v in args.variants for share in args.shares]
     for share in args.shares:
         for seed in range(args.seeds):
-            train_set = None
-            for variant in args.variants:
-                key = f"{variant}@{share}"
+            train_sets: dict[str, TensorSet] = {}
+            for corrections, variant, _ in [w for w in wanted if w[2] == share]:
+                key = cell_key(corrections, variant, share)
                 if any(r["seed"] == seed for r in cells.get(key, [])):
                     continue
-                train_set = train_set or corrected_train_set(base, meta, share, seed, args.brush, args.erase_above)
+                train_sets = train_sets or corrected_train_sets(base, meta, share, seed, args.corrections, args)
                 model, _ = checkpoint.load(base_path)
                 cfg = TuneConfig(**VARIANTS[variant], epochs=args.epochs, lr=args.lr, seed=seed)
                 started = time.time()
-                fine_tune(model, train_set, meta["mean"], meta["std"], cfg)
+                fine_tune(model, train_sets[corrections], meta["mean"], meta["std"], cfg)
                 result = {"seed": seed, **measure(model, meta, test, decoy_only), "seconds": time.time() - started}
                 cells.setdefault(key, []).append(result)
                 cells_path.write_text(json.dumps(cells, indent=2) + "\n")
@@ -198,9 +258,7 @@ def main() -> None:
                     flush=True,
                 )
 
-    table = summarize(
-        {k: v for k, v in cells.items() if k.split("@")[0] in args.variants and float(k.split("@")[1]) in args.shares}
-    )
+    table = summarize({cell_key(*w): [r for r in cells[cell_key(*w)] if r["seed"] < args.seeds] for w in wanted})
     text = print_table(reference, table, args.shares, args.seeds)
     gap = reference["clean"]["test_accuracy"] - reference["baseline"]["test_accuracy"]
     recovered = {k: (v["test_accuracy"][0] - reference["baseline"]["test_accuracy"]) / gap for k, v in table.items()}

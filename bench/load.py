@@ -50,17 +50,21 @@ def rate(run: Callable[[], object], batch: int, seconds: float = 3.0, warmup: in
     return n * batch / (time.perf_counter() - start)
 
 
-def measure(call: Callable[[int], object], concurrency: int, requests: int, warmup: int = 0) -> dict:
+def measure(
+    call: Callable[[int], object], concurrency: int, requests: int, warmup: int = 0, seconds: float | None = None
+) -> dict:
     """`requests` calls of call(i), i = 0, 1, ..., from `concurrency` threads, each sending its next request
-    when its last one is answered: p50, p95 and p99 latency in ms, and requests per second."""
+    when its last one is answered (no new one after `seconds`, if given): p50, p95 and p99 latency in ms, and
+    requests per second."""
     for i in range(warmup):
         call(-1 - i)
     latencies, lock, counter = [], threading.Lock(), iter(range(requests))
+    deadline = time.perf_counter() + seconds if seconds else float("inf")
 
     def worker():
         while True:
             with lock:
-                i = next(counter, None)
+                i = next(counter, None) if time.perf_counter() < deadline else None
             if i is None:
                 return
             t = time.perf_counter()
@@ -76,8 +80,8 @@ def measure(call: Callable[[int], object], concurrency: int, requests: int, warm
     q = statistics.quantiles(latencies, n=100)
     return {
         "concurrency": concurrency,
-        "requests": requests,
-        "per_second": requests / wall,
+        "requests": len(latencies),
+        "per_second": len(latencies) / wall,
         "p50_ms": 1000 * statistics.median(latencies),
         "p95_ms": 1000 * q[94],
         "p99_ms": 1000 * q[98],

@@ -1,7 +1,9 @@
 """Benchmark: latency and throughput of one prediction path against another (not a test).
 
 For the same model and images, at concurrency 1, 8 and 32:
-  (a) TorchServe over gRPC (ONNX backend, dynamic batching), through serving.client;
+  (a) TorchServe over gRPC (ONNX backend, dynamic batching), through serving.client; and the same archive
+      built as workers ran before fixed batch shapes and parallel decoding ("torchserve-grpc-before": every
+      batch at its own size, one decoding thread), served beside it in the same TorchServe;
   (b) the attention editor's gateway: POST /api/predict (HTTP/1.1 keep-alive, the image in base64 JSON, a
       signed-in expert's session), which calls (a) and answers JSON;
   (c) ONNX Runtime in-process, one request per call;
@@ -24,6 +26,7 @@ KServe's at the lowest) and writes serving.json into --out.
 import argparse
 import base64
 import contextlib
+import dataclasses
 import http.client
 import json
 import threading
@@ -182,19 +185,19 @@ def main() -> None:
         peer_info = {"server": args.peer, "version": peer.package_version(peer_py, args.peer), "venv": args.peer_venv}
         print(f"peer: KServe {peer_info['version']} from {peer_py}", flush=True)
 
-    store, paths, metas = out / "store", {}, {}
+    store, paths, metas, served = out / "store", {}, {}, {}
     for arch, (size, _) in models.items():
         ckpt = make_checkpoint(arch, size, out)
         _, metas[arch] = checkpoint.load(ckpt)
-        paths[arch] = archive.build(
-            ckpt,
-            store,
-            # on the CPU wherever this runs: the in-process paths and the peer do
-            archive.ArchiveConfig(
-                backend="onnx", batch_size=args.batch_size, max_batch_delay=args.max_batch_delay, device="cpu"
-            ),
+        # on the CPU wherever this runs: the in-process paths and the peer do
+        cfg = archive.ArchiveConfig(
+            backend="onnx", batch_size=args.batch_size, max_batch_delay=args.max_batch_delay, device="cpu"
         )
-    cfg = ServeConfig.on_free_ports(out / "serve", store, {metas[a]["name"]: paths[a].name for a in models})
+        paths[arch] = archive.build(ckpt, store, cfg)
+        before = dataclasses.replace(cfg, batch_sizes=(), decode_threads=1)
+        name = metas[arch]["name"]
+        served |= {name: paths[arch].name, f"{name}-before": archive.build(ckpt, store, before, f"{name}-before").name}
+    cfg = ServeConfig.on_free_ports(out / "serve", store, served)
     results = []
     feedback_store = SQLiteStore(out / "feedback.db")
     token = experts.add(feedback_store, f"bench-{len(feedback_store.experts())}")
@@ -212,6 +215,9 @@ def main() -> None:
             onnxruntime = in_process(OnnxBackend(onnx_path, threads), meta)
             runs = {
                 "torchserve-grpc": local(lambda im, a=meta["name"]: client.predict(im, model=a), data, requests),
+                "torchserve-grpc-before": local(
+                    lambda im, a=f"{meta['name']}-before": client.predict(im, model=a), data, requests
+                ),
                 "editor-gateway": local(through_gateway(gateway.port, signed_in(gateway.port, token)), data, requests),
                 "onnxruntime": local(onnxruntime, data, requests),
                 "pytorch-eager": local(in_process(TorchBackend(out / f"{arch}.pt", threads), meta), data, requests),
@@ -246,6 +252,11 @@ def main() -> None:
         ratios[arch] = {
             "torchserve_p50_over_onnxruntime_p50_at_c1": cell(arch, "torchserve-grpc", c1)["p50_ms"]
             / cell(arch, "onnxruntime", c1)["p50_ms"],
+            **{
+                f"torchserve_over_before_throughput_at_c{c}": cell(arch, "torchserve-grpc", c)["per_second"]
+                / cell(arch, "torchserve-grpc-before", c)["per_second"]
+                for c in args.concurrency
+            },
             **{
                 f"gateway_p50_over_grpc_p50_at_c{c}": cell(arch, "editor-gateway", c)["p50_ms"]
                 / cell(arch, "torchserve-grpc", c)["p50_ms"]

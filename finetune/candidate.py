@@ -22,7 +22,7 @@ from finetune import checkpoint, data, knowledge
 from finetune.data import DataConfig, DataError, ImageFolder, SizedSet, TensorSet
 from finetune.distributed import World
 from finetune.evaluate import correct, evaluate, predict
-from finetune.images import image_tensor, open_image, resize_map
+from finetune.images import image_tensor, open_image, resize_map, resize_mask
 from finetune.model import ABN
 from finetune.visualize import map_rows
 
@@ -32,14 +32,25 @@ class Correction:
     image: bytes  # encoded, as submitted
     attention: np.ndarray  # h x w in [0, 1], the image's aspect ratio
     label: str  # a class of the model
+    decided: np.ndarray | None = None  # bool h x w: the pixels the expert decided; None: every pixel
+    weight: float = 1.0  # in (0, 1]: how hard this correction pulls in fine-tuning (its author's limit)
 
 
 def correction_set(corrections: list[Correction], meta: dict) -> TensorSet:
+    """The corrections at the model's input size: images and maps resized as finetune.images does; each decided
+    mask as maps are, keeping the pixels at least half decided (finetune.images.resize_mask)."""
     size = tuple(meta["input_size"])
     images = torch.stack([image_tensor(open_image(c.image), size) for c in corrections])
     labels = torch.tensor([meta["classes"].index(c.label) for c in corrections])
     maps = torch.stack([resize_map(torch.from_numpy(c.attention)[None], size) for c in corrections])
-    return TensorSet(images, labels, maps)
+    decided = torch.stack(
+        [
+            torch.ones(1, *size) if c.decided is None else resize_mask(torch.from_numpy(c.decided)[None], size)
+            for c in corrections
+        ]
+    )
+    weights = torch.tensor([float(c.weight) for c in corrections])
+    return TensorSet(images, labels, maps, decided=decided, weights=weights)
 
 
 def trained_on(meta: dict) -> dict:
@@ -112,13 +123,15 @@ def score(
     parent: bytes, candidate: ABN, check: list[Correction], trusted: Mapping[str, Dataset], figure: Path | None = None
 ) -> dict:
     """Candidate and parent on the same data: {"check_feedback": {"served", "candidate"}: finetune.evaluate's
-    figures on the kept-back corrections}, and for each trusted set (name -> data set) {"served",
-    "candidate": figures, "correct": {"served", "candidate": per-image 0/1 lists}}; their maps on check's
-    first images drawn into figure."""
+    figures on the kept-back corrections, per correction too (per_map: what finetune.gate judges)}, and for
+    each trusted set (name -> data set) {"served", "candidate": figures, "correct": {"served", "candidate":
+    per-image 0/1 lists}}; their maps on check's first images drawn into figure."""
     served, meta = checkpoint.load(parent)
     check_set = correction_set(check, meta)
     pair = (("served", served), ("candidate", candidate))
-    figures: dict = {"check_feedback": {name: evaluate(m, check_set, meta["mean"], meta["std"]) for name, m in pair}}
+    figures: dict = {
+        "check_feedback": {name: evaluate(m, check_set, meta["mean"], meta["std"], per_map=True) for name, m in pair}
+    }
     for set_name, dataset in trusted.items():
         figures[set_name] = {name: evaluate(m, dataset, meta["mean"], meta["std"]) for name, m in pair}
         figures[set_name]["correct"] = {
@@ -134,5 +147,7 @@ def _figure(before: ABN, after: ABN, check_set: TensorSet, meta: dict, path: Pat
     images = check_set.images[:n]
     _, maps_before = predict(before, images, meta["mean"], meta["std"])
     _, maps_after = predict(after, images, meta["mean"], meta["std"])
-    rows = [(images[i], [None, maps_before[i], check_set.maps[i], maps_after[i]]) for i in range(n)]
-    map_rows(rows, ["image", "served map", "corrected map", "candidate map"], path)
+    rows = [
+        (images[i], [None, maps_before[i], check_set.maps[i], check_set.decided[i], maps_after[i]]) for i in range(n)
+    ]
+    map_rows(rows, ["image", "served map", "corrected map", "decided pixels", "candidate map"], path)

@@ -2,15 +2,21 @@
 
 Every item is a dict: image (3 x H x W in [0, 1] at the model's input size),
 label (int), map (1 x H x W in [0, 1]; the corrected attention map, zeros when
-there is none) and has_map (bool). Normalisation is applied by the consumer, so
-that images can be mixed and drawn as they are.
+there is none), has_map (bool), decided (1 x H x W of 0/1: the pixels the
+expert decided; zeros where there is no map) and weight (float, how hard the
+item pulls in fine-tuning; 1 by default). Normalisation is applied by the
+consumer, so that images can be mixed and drawn as they are.
 
 Image-folder format, the one users bring their images and corrections in:
 
     images/<class>/<any path>.<any Pillow format>
-    maps/<class>/<same path>.png      optional, grayscale, white = attend
+    maps/<class>/<same path>.png      optional, grayscale, white = attend;
+                                      alpha, if any: transparent = don't care
 
-A map has its image's aspect ratio at any size.
+A map has its image's aspect ratio at any size. Its alpha channel is its
+decided mask (alpha below 128 = not decided); a map without one decides every
+pixel. At the model's size a pixel counts as decided where at least half of it
+was (finetune.images.resize_mask).
 """
 
 import json
@@ -23,7 +29,17 @@ from torch.utils.data import Dataset, Subset, random_split
 from tqdm import tqdm
 
 from finetune import decoy_digits
-from finetune.images import IMAGE_EXTENSIONS, ImageError, check_aspect, image_tensor, map_tensor, open_image, resize_map
+from finetune.images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    check_aspect,
+    decided_tensor,
+    image_tensor,
+    map_tensor,
+    open_image,
+    resize_map,
+    resize_mask,
+)
 
 BUILTIN = ("decoy-digits",)
 # Natural images are normalised with the ImageNet statistics by convention.
@@ -37,7 +53,8 @@ class DataError(ValueError):
 
 class TensorSet(Dataset):
     """An in-memory set: images N x C x H x W (C = 1 or 3), labels N, maps N x 1 x H x W or None,
-    has_map N (default: every item has a map when maps are given)."""
+    has_map N (default: every item has a map when maps are given), decided N x 1 x H x W of 0/1 (default:
+    every pixel of a map), weights N (default 1)."""
 
     def __init__(
         self,
@@ -45,21 +62,28 @@ class TensorSet(Dataset):
         labels: torch.Tensor,
         maps: torch.Tensor | None = None,
         has_map: torch.Tensor | None = None,
+        decided: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ):
         self.images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         self.labels = labels
         self.maps = maps if maps is not None else torch.zeros_like(images[:, :1])
         self.has_map = has_map if has_map is not None else torch.full((len(labels),), maps is not None)
+        self.decided = decided if decided is not None else torch.ones_like(self.maps[:1]).expand_as(self.maps)
+        self.weights = weights if weights is not None else torch.ones(len(labels))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
+        has = bool(self.has_map[i])
         return {
             "image": self.images[i],
             "label": int(self.labels[i]),
             "map": self.maps[i],
-            "has_map": bool(self.has_map[i]),
+            "has_map": has,
+            "decided": self.decided[i] if has else torch.zeros_like(self.maps[i]),
+            "weight": float(self.weights[i]),
         }
 
 
@@ -150,10 +174,19 @@ class ImageFolder(Dataset):
         path, label, map_path = self.samples[i]
         image = image_tensor(open_image(path), self.size)
         if map_path is None:
-            m = torch.zeros(1, *self.size)
+            m = decided = torch.zeros(1, *self.size)
         else:
-            m = resize_map(map_tensor(open_image(map_path, "map")), self.size)
-        return {"image": image, "label": label, "map": m, "has_map": map_path is not None}
+            picture = open_image(map_path, "map")
+            m = resize_map(map_tensor(picture), self.size)
+            decided = resize_mask(decided_tensor(picture), self.size)
+        return {
+            "image": image,
+            "label": label,
+            "map": m,
+            "has_map": map_path is not None,
+            "decided": decided,
+            "weight": 1.0,
+        }
 
 
 SizedSet = TensorSet | ImageFolder | Subset  # the data sets training takes: each knows its length

@@ -1,5 +1,8 @@
 """How a model does on a data set: accuracy of both branches, and how its attention
-agrees with the maps the data carries (corrected maps, object masks)."""
+agrees with the maps the data carries (corrected maps, object masks), on the
+pixels each map decided."""
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -10,14 +13,19 @@ from finetune.model import ABN
 
 
 @torch.no_grad()
-def evaluate(model: ABN, dataset: Dataset, mean: list[float], std: list[float], batch_size: int = 256) -> dict:
+def evaluate(
+    model: ABN, dataset: Dataset, mean: list[float], std: list[float], batch_size: int = 256, per_map: bool = False
+) -> dict:
     """accuracy (perception branch), attention_accuracy (attention branch), loss (their summed CE), samples;
-    for the items that carry a map, map_share and map_iou (see attention_agreement) and mapped_samples."""
+    for the items that carry a map, mapped_samples and, on decided pixels, map_share and map_iou (means over the
+    maps that decide some attend pixel; see attention_agreement); with per_map also, per map in order, the
+    model's mean attention on its ignore and on its attend pixels (ignore_attention, attend_attention: None
+    where it has none; see decided_attention)."""
     was_training = model.training
     model.eval()
     correct = correct_att = n = 0
     loss = 0.0
-    shares, ious = [], []
+    parts: dict[str, list[torch.Tensor]] = {}
     for batch in DataLoader(dataset, batch_size=batch_size):
         y = batch["label"]
         out = model(normalize(batch["image"], mean, std))
@@ -29,18 +37,43 @@ def evaluate(model: ABN, dataset: Dataset, mean: list[float], std: list[float], 
         n += len(y)
         has = batch["has_map"]
         if has.any():
-            share, iou = attention_agreement(out.attention[has], batch["map"][has])
-            shares.append(share)
-            ious.append(iou)
+            for key, values in map_agreement(out.attention[has], batch["map"][has], batch["decided"][has]).items():
+                parts.setdefault(key, []).append(values)
     model.train(was_training)
     result = {"accuracy": correct / n, "attention_accuracy": correct_att / n, "loss": loss / n, "samples": n}
-    if shares:
-        result.update(
-            map_share=float(torch.cat(shares).mean()),
-            map_iou=float(torch.cat(ious).mean()),
-            mapped_samples=sum(len(s) for s in shares),
-        )
+    if parts:
+        result.update(map_figures({k: torch.cat(v) for k, v in parts.items()}, per_map))
     return result
+
+
+def map_agreement(attention: torch.Tensor, maps: torch.Tensor, decided: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per sample, on its decided pixels: share and iou (attention_agreement; NaN where no attend pixel is
+    decided), ignore and attend (decided_attention; NaN where it has none)."""
+    share, iou = attention_agreement(attention, maps, decided=decided)
+    ignore, attend = decided_attention(attention, maps, decided)
+    judged = ~attend.isnan()
+    nan = torch.tensor(math.nan)
+    return {"share": share.where(judged, nan), "iou": iou.where(judged, nan), "ignore": ignore, "attend": attend}
+
+
+def map_figures(per_sample: dict[str, torch.Tensor], per_map: bool = False) -> dict:
+    """evaluate's map figures from map_agreement's per-sample values."""
+
+    def mean(values: torch.Tensor) -> float | None:
+        known = values[~values.isnan()]
+        return float(known.mean()) if len(known) else None
+
+    def listed(values: torch.Tensor) -> list[float | None]:
+        return [None if math.isnan(v) else v for v in values.tolist()]
+
+    figures: dict = {
+        "mapped_samples": len(per_sample["share"]),
+        "map_share": mean(per_sample["share"]),
+        "map_iou": mean(per_sample["iou"]),
+    }
+    if per_map:
+        figures.update(ignore_attention=listed(per_sample["ignore"]), attend_attention=listed(per_sample["attend"]))
+    return figures
 
 
 @torch.no_grad()
@@ -57,16 +90,33 @@ def correct(model: ABN, dataset: Dataset, mean: list[float], std: list[float], b
 
 
 def attention_agreement(
-    attention: torch.Tensor, region: torch.Tensor, threshold: float = 0.5
+    attention: torch.Tensor, region: torch.Tensor, threshold: float = 0.5, decided: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: the share of the attention's mass inside the region (map >= threshold), and the IoU of
-    attention >= threshold with the region. attention N x 1 x h x w; region N x 1 x H x W (image size)."""
-    inside = region >= threshold
-    up = resize_map(attention, tuple(region.shape[-2:]))
+    attention >= threshold with the region; both counted on the decided pixels only (default: all).
+    attention N x 1 x h x w; region and decided N x 1 x H x W (image size)."""
+    on = torch.ones_like(region, dtype=torch.bool) if decided is None else decided >= 0.5
+    inside = (region >= threshold) & on
+    up = resize_map(attention, tuple(region.shape[-2:])) * on
     share = (up * inside).flatten(1).sum(1) / up.flatten(1).sum(1).clamp_min(1e-8)
     hot = up >= threshold
     iou = (hot & inside).flatten(1).sum(1) / (hot | inside).flatten(1).sum(1).clamp_min(1)
     return share, iou.float()
+
+
+def decided_attention(
+    attention: torch.Tensor, maps: torch.Tensor, decided: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the mean attention (at image size) on its ignore pixels (decided, map < threshold) and on its
+    attend pixels (decided, map >= threshold); NaN where it has none."""
+    up = resize_map(attention, tuple(maps.shape[-2:]))
+    on = decided >= 0.5
+
+    def mean_on(where: torch.Tensor) -> torch.Tensor:
+        count = where.flatten(1).sum(1)
+        return ((up * where).flatten(1).sum(1) / count.clamp_min(1)).where(count > 0, torch.tensor(math.nan))
+
+    return mean_on(on & (maps < threshold)), mean_on(on & (maps >= threshold))
 
 
 @torch.no_grad()

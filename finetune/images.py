@@ -3,9 +3,12 @@
 An image becomes a 3 x H x W float tensor in [0, 1] at the model's input size
 (resized without cropping, so a map drawn on the original stays aligned). A map
 is a grayscale picture, white = attend, black = not; it becomes 1 x h x w in [0, 1].
+Its alpha channel, when it has one, says which pixels the expert decided
+(transparent = don't care).
 """
 
 import io
+import os
 import threading
 from pathlib import Path
 
@@ -19,8 +22,9 @@ IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().i
 # Largest image accepted, in pixels, checked from the header before anything is decoded: a 48-megapixel photo
 # (8000x6000) passes; decoding one takes about 150 MB.
 MAX_PIXELS = 50_000_000
-# Decodes at once in one process (the feedback service decodes in many threads): bounds its memory.
-MAX_CONCURRENT_DECODES = 4
+# Decodes at once in one process (the feedback service decodes in many threads): bounds its memory (one
+# decode of the largest image takes about 150 MB) while a serving worker still decodes on every core.
+MAX_CONCURRENT_DECODES = max(4, os.cpu_count() or 1)
 _decoding = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
 
@@ -81,6 +85,14 @@ def map_tensor(img: Image.Image) -> Tensor:
     return torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None]
 
 
+def decided_tensor(img: Image.Image) -> Tensor:
+    """A map picture's decided pixels, 1 x h x w of 0/1: alpha at least half opaque; all 1 without alpha."""
+    if not {"A", "a"} & set(img.getbands()) and "transparency" not in img.info:
+        return torch.ones(1, img.height, img.width)
+    alpha = np.asarray(img.convert("RGBA").getchannel("A"))
+    return torch.from_numpy(alpha >= 128).float()[None]
+
+
 def check_aspect(map_size: tuple[int, int], image_size: tuple[int, int], name: str) -> None:
     """A map (w, h) must have the image's aspect ratio, up to rounding of one pixel."""
     (mw, mh), (iw, ih) = map_size, image_size
@@ -101,6 +113,13 @@ def resize_map(m: Tensor, size: tuple[int, ...]) -> Tensor:
     else:
         out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=True)
     return out.reshape(*lead, *size).clamp(0, 1)
+
+
+def resize_mask(m: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Resize 0/1 masks (... x h x w) as maps are (resize_map), then keep the pixels at least half covered."""
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m.float()
+    return (resize_map(m.float(), size) >= 0.5).float()
 
 
 def normalize(x: Tensor, mean: list[float], std: list[float]) -> Tensor:

@@ -10,12 +10,25 @@ samples of a batch; samples without an edit contribute L_att + L_per only. The
 feature extractor is frozen (weights and BatchNorm statistics); the attention
 and perception branches learn.
 
+People paint strokes, not whole maps: a correction carries the map and the
+pixels the expert decided (an Attend stroke sets them to 1, an Ignore stroke to
+0; the rest is "don't care"). The paper edits whole maps, every pixel decided;
+here L_map is taken on decided pixels only (the mask, area-averaged to the
+map's size, weighs each pixel), so an unpainted pixel pulls the map nowhere.
+Each sample's terms are multiplied by its weight (a correction's author limit,
+see serving/retraining.py; replay weighs 1), without renormalising: a weight
+of 0.2 pulls a fifth as hard.
+
 Beyond the paper (after Teso & Kersting's explanatory interactive learning,
-2019), each edit also yields a counterexample: the image with the pixels the
-expert marked irrelevant (corrected map < 0.5) taken from another training
-image, with the same label. L_map moves the map, but (1 + M) * g still passes
-the ignored region's features at weight 1, so a shortcut survives it alone;
-the counterexamples take the shortcut's evidence away.
+2019), each edit also yields counterexamples: the image with the pixels the
+expert decided "ignore" (decided and corrected map < 0.5) filled from another
+training image, with the same label. L_map moves the map, but (1 + M) * g
+still passes the ignored region's features at weight 1, so a shortcut survives
+it alone; the counterexamples take the shortcut's evidence away. Counterexamples
+come only from Ignore pixels, and their fill is never taken from images of the
+same class: an artefact that sits at the same place in every image of a class
+(a watermark, a ruler, a scanner tag) would otherwise be filled with itself. A
+correction without Ignore pixels makes none.
 """
 
 import json
@@ -55,28 +68,58 @@ class TuneConfig:
     seed: int = 0
 
 
-def map_loss(attention: torch.Tensor, edits: torch.Tensor, has_map: torch.Tensor) -> torch.Tensor:
-    """Mean over edited samples of ||M' - M||_2; edits at any size are resized to the map's."""
+def map_loss(
+    attention: torch.Tensor,
+    edits: torch.Tensor,
+    has_map: torch.Tensor,
+    decided: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over edited samples of weight * ||M' - M||_2 on the decided pixels: the decided mask (default: all),
+    area-averaged to the map's size, weighs each pixel's square. Edits and masks at any size are resized to the
+    map's. Not renormalised by the weights: a weight of 0.2 pulls a fifth as hard."""
     if not has_map.any():
         return attention.sum() * 0
-    target = resize_map(edits[has_map], tuple(attention.shape[-2:]))
-    return (attention[has_map] - target).flatten(1).norm(dim=1).mean()
+    size = tuple(attention.shape[-2:])
+    diff = attention[has_map] - resize_map(edits[has_map], size)
+    if decided is not None:
+        diff = diff * resize_map(decided[has_map], size).sqrt()
+    per_sample = diff.flatten(1).norm(dim=1)
+    if weight is not None:
+        per_sample = per_sample * weight[has_map]
+    return per_sample.mean()
+
+
+def ignore_pixels(maps: torch.Tensor, decided: torch.Tensor) -> torch.Tensor:
+    """The pixels decided "ignore": decided, and the corrected map below RELEVANT."""
+    return (decided >= 0.5) & (maps < RELEVANT)
 
 
 def counterexamples(
-    images: torch.Tensor, maps: torch.Tensor, has_map: torch.Tensor, generator: torch.Generator, copies: int = 1
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    maps: torch.Tensor,
+    decided: torch.Tensor,
+    has_map: torch.Tensor,
+    generator: torch.Generator,
+    copies: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each edited image of the batch, copies whose irrelevant pixels come from other images of the
-    batch; returns the copies and the indices of the images they were made from."""
-    index = has_map.nonzero().flatten().repeat(copies)
-    if len(images) < 2 or len(index) == 0:
-        return images[:0], index
+    """For each edited image of the batch with Ignore pixels, copies whose Ignore pixels come from an image of
+    another class in the batch (none where the batch holds no other class); returns the copies and the indices of
+    the images they were made from."""
+    ignore = ignore_pixels(maps, decided)
+    index = (has_map & ignore.flatten(1).any(1)).nonzero().flatten().repeat(copies)
     if len(index) > len(images):  # at most double a batch, so that many edits do not slow a pass down
         index = index[torch.randperm(len(index), generator=generator)[: len(images)]]
-    shift = torch.randint(1, len(images), (len(index),), generator=generator)
-    partner = (index + shift) % len(images)  # never the image itself
-    keep = maps[index] >= RELEVANT
-    return torch.where(keep, images[index], images[partner]), index
+    others = labels[index, None] != labels[None]  # len(index) x batch: the partners each copy may take
+    index = index[others.any(1)]
+    others = others[others.any(1)]
+    if len(index) == 0:
+        return images[:0], index
+    # uniform among the other classes' images: the largest of random scores, where allowed
+    scores = torch.rand(others.shape, generator=generator).masked_fill(~others, -1)
+    partner = scores.argmax(1)
+    return torch.where(ignore[index], images[partner], images[index]), index
 
 
 def trainable_mode(model: ABN, freeze_features: bool) -> None:
@@ -182,17 +225,19 @@ def fine_tune(
             disable=not (progress and world.is_main),
         ):
             x, y, m, has = batch["image"], batch["label"], batch["map"], batch["has_map"]
+            d, w = batch["decided"], batch["weight"].float()
             if cfg.counterexamples:  # on the CPU, where the generator is
-                extra, index = counterexamples(x, m, has, gen, cfg.copies)
+                extra, index = counterexamples(x, y, m, d, has, gen, cfg.copies)
                 x, y = torch.cat([x, extra]), torch.cat([y, y[index]])
                 m, has = torch.cat([m, m[index]]), torch.cat([has, has[index]])
-            x, y, m, has = x.to(device), y.to(device), m.to(device), has.to(device)
+                d, w = torch.cat([d, d[index]]), torch.cat([w, w[index]])
+            x, y, m, has, d, w = (t.to(device) for t in (x, y, m, has, d, w))
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor("cosine", step, steps, 0)
             out = net(normalize(x, mean, std))
-            l_att = F.cross_entropy(out.attention_logits, y)
-            l_per = F.cross_entropy(out.logits, y)
-            l_map = map_loss(out.attention, m, has) if cfg.gamma else l_att.new_zeros(())
+            l_att = (F.cross_entropy(out.attention_logits, y, reduction="none") * w).mean()
+            l_per = (F.cross_entropy(out.logits, y, reduction="none") * w).mean()
+            l_map = map_loss(out.attention, m, has, d, w) if cfg.gamma else l_att.new_zeros(())
             loss = l_att + l_per + cfg.gamma * l_map
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -284,10 +329,14 @@ def _run(parent: str | Path, images: str | Path, maps: str | Path, out: Path, cf
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [(folder[i]["image"], [None, maps_before[j], folder[i]["map"], maps_after[j]]) for j, i in enumerate(edited)]
     map_rows(rows, ["image", "map before", "corrected map", "map after"], out / "report.png")
+
+    def change(key: str) -> str:
+        return " -> ".join("-" if f.get(key) is None else f"{f[key]:.3f}" for f in (before, after))
+
     print(
         f"version {meta['version']} -> {new_meta['version']}: accuracy {before['accuracy']:.4f} -> "
-        f"{after['accuracy']:.4f}, attention inside the corrected maps {before['map_share']:.3f} -> "
-        f"{after['map_share']:.3f}, IoU {before['map_iou']:.3f} -> {after['map_iou']:.3f}"
+        f"{after['accuracy']:.4f}; on the decided pixels of the corrected maps: attention inside "
+        f"{change('map_share')}, IoU {change('map_iou')}"
     )
     print(f"wrote {out / 'checkpoint.pt'}, report.json, report.png ({STATE}: resumes this run)")
     return report

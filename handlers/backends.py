@@ -14,6 +14,8 @@ binding.
 import ctypes
 import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +79,41 @@ def choose(device: str, build: str = "fp32", gpu_id: int | None = None) -> str:
     return "cuda" if PROVIDERS["cuda"] in ort.get_available_providers() else "cpu"
 
 
-def providers(device: str, gpu_id: int, cache: Path) -> list:
+@dataclass(frozen=True)
+class GpuOptions:
+    """How a backend runs on a GPU, set in the archive (chosen by measurement: bench/gpu.py, `--backend auto`).
+
+    cudnn_search: ONNX Runtime's cuDNN convolution algorithm search (HEURISTIC, EXHAUSTIVE or DEFAULT), once per
+    input shape: with fixed batch shapes warmed at start no request meets it. cudnn_max_workspace and
+    prefer_nhwc are ONNX Runtime's CUDA provider options of those names. cuda_graph: one CUDA graph per batch
+    size (ONNX Runtime's enable_cuda_graph with a graph id per size, or torch's CUDA graphs). half: the torch
+    backend runs the model in fp16 (the ONNX backend's precision is its build's).
+    """
+
+    cudnn_search: str = "HEURISTIC"
+    cudnn_max_workspace: bool = True
+    prefer_nhwc: bool = False
+    cuda_graph: bool = False
+    half: bool = False
+
+
+SEARCHES = ("HEURISTIC", "EXHAUSTIVE", "DEFAULT")
+
+
+def providers(device: str, gpu_id: int, cache: Path, options: GpuOptions = GpuOptions()) -> list:
     """ONNX Runtime's providers for device, the CPU last (for the odd operator a GPU provider lacks)."""
-    cuda = ("CUDAExecutionProvider", {"device_id": gpu_id})
+    if options.cudnn_search not in SEARCHES:
+        raise ValueError(f"cudnn_search must be one of {', '.join(SEARCHES)}, got {options.cudnn_search!r}")
+    cuda = (
+        "CUDAExecutionProvider",
+        {
+            "device_id": gpu_id,
+            "cudnn_conv_algo_search": options.cudnn_search,
+            "cudnn_conv_use_max_workspace": str(int(options.cudnn_max_workspace)),
+            "prefer_nhwc": str(int(options.prefer_nhwc)),
+            "enable_cuda_graph": str(int(options.cuda_graph)),
+        },
+    )
     if device == "tensorrt":
         trt = {
             "device_id": gpu_id,
@@ -114,6 +148,23 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+class Stages:
+    """Seconds a backend spent copying to the device, running and copying back, summed over its runs (on the
+    CPU all of it is the run): the handler reports them beside its own (handlers.batching)."""
+
+    def __init__(self) -> None:
+        self.seconds = {"h2d": 0.0, "run": 0.0, "d2h": 0.0}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] += now - self._last
+        self._last = now
+
+
 class OnnxBackend:
     name = "onnx"
 
@@ -124,60 +175,155 @@ class OnnxBackend:
         gpu_id: int | None = None,
         device: str = DEFAULT_DEVICE,
         build: str = "fp32",
+        options: GpuOptions = GpuOptions(),
     ):
         path = Path(path)
         chosen = choose(device, build, gpu_id)
         if device == "auto":
             logger.info("device auto: %s (build %s, GPU %s)", chosen, build, "none" if gpu_id is None else gpu_id)
         self.gpu = int(gpu_id or 0)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        self.options = options
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = threads
+        session_options.inter_op_num_threads = 1
         # idle pool threads sleep rather than spin: spinning took the cores from TorchServe's frontend while it
         # formed the next batch (bench/overhead.py, concurrency 1: 51.75 -> 49.20 ms, throughput under load kept)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
-            str(path), options, providers=providers(chosen, self.gpu, path.parent / TRT_CACHE)
+            str(path), session_options, providers=providers(chosen, self.gpu, path.parent / TRT_CACHE, options)
         )
         self.device = self.session.get_providers()[0]
         if self.device != PROVIDERS[chosen]:  # ONNX Runtime falls back to the CPU when a provider fails to load
             raise DeviceError(f"ONNX Runtime could not start {PROVIDERS[chosen]} (it runs on {self.device})")
         self.on_gpu = chosen != "cpu"
+        self.stages = Stages()
+        self._bound: dict[int, tuple] = {}  # batch size -> (binding, inputs, outputs, run options), on a GPU
 
     def run(self, images: np.ndarray, maps: np.ndarray, supplied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         arrays = (images.astype(np.float32, copy=False), maps.astype(np.float32, copy=False), supplied.astype(bool))
-        feeds = dict(zip(INPUTS, arrays))
+        self.stages.start()
         if self.on_gpu:
-            logits, attention = self._run_bound(feeds)
+            logits, attention = self._run_bound(arrays)
         else:
-            logits, attention = self.session.run([OUTPUTS[0], OUTPUTS[2]], feeds)
+            logits, attention = self.session.run([OUTPUTS[0], OUTPUTS[2]], dict(zip(INPUTS, arrays)))
+            self.stages.lap("run")
         return _softmax(logits), attention[:, 0]
 
-    def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """One run with inputs copied to and outputs left on the GPU until the end (not run on a GPU here)."""
+    def _run_bound(self, arrays: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        """One run through I/O binding: inputs copied into and outputs read from device buffers kept per batch
+        size, whose fixed addresses a CUDA graph needs (one graph id per size)."""
+        size = len(arrays[0])
+        if size not in self._bound:
+            self._bound[size] = self._bind(size, arrays)
+        binding, inputs, outputs, run_options = self._bound[size]
+        for value, array in zip(inputs, arrays):
+            value.update_inplace(np.ascontiguousarray(array))
+        self.stages.lap("h2d")
+        self.session.run_with_iobinding(binding, run_options)
+        self.stages.lap("run")
+        found = [value.numpy() for value in outputs]
+        self.stages.lap("d2h")
+        return found
+
+    def _bind(self, size: int, arrays: tuple[np.ndarray, ...]) -> tuple:
         binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.gpu))
-        for name in (OUTPUTS[0], OUTPUTS[2]):
-            binding.bind_output(name, "cuda", self.gpu)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        inputs = [ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.gpu) for a in arrays]
+        for name, value in zip(INPUTS, inputs):
+            binding.bind_ortvalue_input(name, value)
+        classes = next(o.shape[1] for o in self.session.get_outputs() if o.name == OUTPUTS[0])
+        # the map applied has the supplied maps' shape (the graph names its second dimension symbolically)
+        shapes = {OUTPUTS[0]: [size, classes], OUTPUTS[2]: list(arrays[1].shape)}
+        outputs = []
+        for name, shape in shapes.items():
+            outputs.append(ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", self.gpu))
+            binding.bind_ortvalue_output(name, outputs[-1])
+        run_options = ort.RunOptions()
+        if self.options.cuda_graph:
+            run_options.add_run_config_entry("gpu_graph_id", str(size))
+        return binding, inputs, outputs, run_options
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, checkpoint_path: str | Path, threads: int, gpu_id: int | None = None):
+    def __init__(self, checkpoint_path: str | Path, threads: int, gpu_id: int | None = None, options=GpuOptions()):
         self.model, _ = checkpoint.load(checkpoint_path)
         self.device = torch.device(f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
-        if self.device.type == "cpu":
+        self.options = options
+        self.on_gpu = self.device.type == "cuda"
+        self.dtype = torch.float16 if options.half and self.on_gpu else torch.float32
+        self.model.to(self.device, self.dtype)
+        if self.on_gpu:
+            # one algorithm search per shape, at the warm-up of each fixed batch size; NHWC suits tensor cores
+            torch.backends.cudnn.benchmark = True
+            self.model.to(memory_format=torch.channels_last)
+        else:
             torch.set_num_threads(threads)
+        self.stages = Stages()
+        self._graphs: dict[int, tuple] = {}  # batch size -> (graph, static inputs, static outputs, host outputs)
 
     @torch.inference_mode()
     def run(self, images: np.ndarray, maps: np.ndarray, supplied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.model(*(torch.from_numpy(a).to(self.device) for a in (images, maps, supplied)))
-        return torch.softmax(out.logits, 1).cpu().numpy(), out.attention[:, 0].cpu().numpy()
+        self.stages.start()
+        if not self.on_gpu:
+            out = self.model(*(torch.from_numpy(a) for a in (images, maps, supplied)))
+            found = torch.softmax(out.logits, 1).numpy(), out.attention[:, 0].numpy()
+            self.stages.lap("run")
+            return found
+        if self.options.cuda_graph:
+            return self._replay(images, maps, supplied)
+        inputs = self._to_device(images, maps, supplied)
+        torch.cuda.synchronize(self.device)
+        self.stages.lap("h2d")
+        outputs = self._forward(*inputs)
+        torch.cuda.synchronize(self.device)
+        self.stages.lap("run")
+        probabilities, attention = (o.cpu().numpy() for o in outputs)
+        self.stages.lap("d2h")
+        return probabilities, attention
+
+    def _to_device(self, images: np.ndarray, maps: np.ndarray, supplied: np.ndarray) -> tuple[torch.Tensor, ...]:
+        x = torch.from_numpy(images).to(self.device, non_blocking=True)
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        m = torch.from_numpy(maps).to(self.device, non_blocking=True).to(self.dtype)
+        return x, m, torch.from_numpy(np.asarray(supplied, bool)).to(self.device, non_blocking=True)
+
+    def _forward(self, x: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(x, m, s)
+        return torch.softmax(out.logits.float(), 1), out.attention[:, 0].float()
+
+    def _replay(self, images: np.ndarray, maps: np.ndarray, supplied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A run of the CUDA graph captured for this batch size (captured at its first run: the warm-up)."""
+        size = len(images)
+        if size not in self._graphs:
+            self._graphs[size] = self._capture(images, maps, supplied)
+        graph, static_in, static_out, host_out = self._graphs[size]
+        for target, source in zip(static_in, self._to_device(images, maps, supplied)):
+            target.copy_(source, non_blocking=True)
+        torch.cuda.synchronize(self.device)
+        self.stages.lap("h2d")
+        graph.replay()
+        torch.cuda.synchronize(self.device)
+        self.stages.lap("run")
+        for host, device in zip(host_out, static_out):
+            host.copy_(device)
+        self.stages.lap("d2h")
+        probabilities, attention = (h.numpy().copy() for h in host_out)
+        return probabilities, attention
+
+    def _capture(self, images: np.ndarray, maps: np.ndarray, supplied: np.ndarray) -> tuple:
+        static_in = tuple(t.clone() for t in self._to_device(images, maps, supplied))
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # cuDNN's search and the allocator's first allocations happen here
+            for _ in range(3):
+                self._forward(*static_in)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._forward(*static_in)
+        host_out = tuple(torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in static_out)
+        return graph, static_in, static_out, host_out
 
 
 def load(
@@ -187,10 +333,11 @@ def load(
     gpu_id: int | None = None,
     device: str = DEFAULT_DEVICE,
     build="fp32",
+    options: GpuOptions = GpuOptions(),
 ):
     model_dir = Path(model_dir)
     if backend == "onnx":
-        return OnnxBackend(model_dir / "model.onnx", threads, gpu_id, device, build)
+        return OnnxBackend(model_dir / "model.onnx", threads, gpu_id, device, build, options)
     if backend == "torch":
-        return TorchBackend(model_dir / "checkpoint.pt", threads, gpu_id)
+        return TorchBackend(model_dir / "checkpoint.pt", threads, gpu_id, options)
     raise ValueError(f"unknown backend {backend!r}; choose onnx or torch")

@@ -40,10 +40,12 @@ class Refusal:
 
 @dataclass
 class Batch:
-    """What one stage hands the next: every request of TorchServe's batch, in order, each parsed or refused,
-    and the model's outputs for the parsed ones."""
+    """What one stage hands the next: every request of TorchServe's batch, in order, each parsed or refused;
+    the model's inputs (images, maps, flags), row i for request i and padding rows after them; and the model's
+    outputs, row for row."""
 
     requests: list[Request | Refusal]
+    inputs: tuple[np.ndarray, np.ndarray, np.ndarray]
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     maps: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
 

@@ -42,6 +42,24 @@ def map_from_proto(m: AttentionMap, field: str = "attention") -> np.ndarray:
     return values
 
 
+def mask_to_bytes(mask: np.ndarray | None) -> bytes:
+    """A mask of decided pixels as abn.v1 sends it: one byte per pixel, row-major, 1 = decided; empty for None
+    (every pixel decided)."""
+    return b"" if mask is None else np.asarray(mask, dtype=bool).astype(np.uint8).tobytes()
+
+
+def mask_from_bytes(data: bytes, shape: tuple[int, int], field: str = "decided") -> np.ndarray | None:
+    """The h x w bool mask of data (nonzero = decided), None when data is empty; data must hold h * w bytes."""
+    if not data:
+        return None
+    if len(data) != shape[0] * shape[1]:
+        raise WireError(
+            f"{field}: one byte per value of the {shape[0]}x{shape[1]} map ({shape[0] * shape[1]} bytes) is "
+            f"needed, got {len(data)}"
+        )
+    return (np.frombuffer(data, np.uint8) != 0).reshape(shape)
+
+
 def parse_map(data: bytes, field: str = "attention") -> np.ndarray:
     """A serialized AttentionMap, decoded and checked."""
     try:

@@ -29,10 +29,10 @@ from finetune.parity import ParityConfig
 from handlers import backends
 from serving import demo, retraining, review, services, settings
 from serving.client import Client
-from serving.editor.gateway import EditorConfig
+from serving.editor.gateway import EditorConfig, known_inputs
 from serving.feedback import experts, transfer
 from serving.feedback.service import known_classes
-from serving.feedback.store import open_store
+from serving.feedback.store import Item, NotFoundError, open_store
 from serving.torchserve import archive, served
 from serving.torchserve.client import TorchServeClient
 from serving.torchserve.config import ServeConfig, Target
@@ -255,7 +255,14 @@ def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
-    cfg = _config(archive.ArchiveConfig, args, build=_config(BuildConfig, args), parity=_config(ParityConfig, args))
+    cfg = _config(
+        archive.ArchiveConfig,
+        args,
+        build=_config(BuildConfig, args),
+        parity=_config(ParityConfig, args),
+        gpu=_config(backends.GpuOptions, args),
+        batch_sizes=tuple(args.batch_sizes),
+    )
     # a GPU asked for and not here: refused before any work. Only here: retraining rebuilds a GPU archive on
     # whatever machine it runs, and the workers check the device where they load it.
     backends.check_device(cfg.device)
@@ -276,6 +283,21 @@ def _package_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, help="intra-op threads per worker (default: cores / workers, one on a GPU)"
     )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="*",
+        default=list(d.batch_sizes),
+        help="batches are padded to these (up to --batch-size), each warmed at the worker's start; none: unpadded",
+    )
+    parser.add_argument("--decode-threads", type=int, help="threads decoding a batch (default: cores / workers)")
+    o = backends.GpuOptions()
+    g = parser.add_argument_group("on a GPU (--backend auto measures these)")
+    g.add_argument("--cudnn-search", choices=backends.SEARCHES, default=o.cudnn_search, help="ONNX Runtime's")
+    g.add_argument("--no-cudnn-max-workspace", dest="cudnn_max_workspace", action="store_false")
+    g.add_argument("--prefer-nhwc", action="store_true", help="ONNX Runtime's CUDA provider option")
+    g.add_argument("--cuda-graph", action="store_true", help="one CUDA graph per batch size")
+    g.add_argument("--half", action="store_true", help="the torch backend in fp16")
     b, c = BuildConfig(), ParityConfig()
     g = parser.add_argument_group("build (onnx backend)")
     g.add_argument("--build", choices=builds.BUILDS, default=b.build, help="int8: for the CPU; fp16: for the GPU")
@@ -312,7 +334,9 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
     cfg = _config(
         retraining.RetrainConfig, args, target=_target(args), tune=_tune_config(args), gate=_config(GateConfig, args)
     )
-    if cfg.schedule:
+    if args.dry_run:
+        retraining.dry_run(cfg)
+    elif cfg.schedule:
         retraining.run_on_schedule(cfg)
     else:
         retraining.run_once(cfg)
@@ -349,7 +373,8 @@ def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
         "--attention-tolerance",
         type=float,
         default=d.gate.attention_tolerance,
-        help="largest fall of attention IoU or share on the kept-back corrections that still promotes",
+        help="largest wrong-way change of mean attention on the decided Ignore or Attend pixels of the kept-back "
+        "corrections that still promotes",
     )
     g.add_argument("--fail-at", choices=retraining.STEPS, help="fail on purpose at this step (for tests)")
     g.add_argument("--schedule", help='a cron expression, e.g. "0 3 * * *": keep running, one run per slot')
@@ -358,6 +383,12 @@ def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="promote by recording the new archive as served in the store, without TorchServe: the replicas that "
         "follow the store (abn serve --follow) load it",
+    )
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what the next run would take, how it would weigh each author's corrections and what it would "
+        "leave pending and why; train and change nothing",
     )
     _tune_arguments(parser)
 
@@ -407,6 +438,7 @@ def _cmd_editor(args: argparse.Namespace) -> None:
             feedback=args.feedback,
             feedback_ca=args.feedback_ca,
             classes=known_classes(args.checkpoint),
+            inputs=known_inputs(args.checkpoint),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
         )
@@ -488,9 +520,34 @@ def _cmd_feedback_serve(args: argparse.Namespace) -> None:
 def _cmd_feedback_stats(args: argparse.Namespace) -> None:
     store = open_store(args.store, create=False)
     try:
-        print(json.dumps(store.stats(args.model), indent=2))
+        print(json.dumps(store.stats(args.model, args.author), indent=2))
     finally:
         store.close()
+
+
+def _state_of(item: Item) -> str:
+    """An item's state in words: by which run, into which version, and why."""
+    by = {"consumed": item.consumed_by, "rejected": item.rejected_by}.get(item.state)
+    words = item.state + (f" by {by}" if by else "")
+    words += f", promoted as version {item.promoted_version}" if item.promoted_version else ""
+    return words + (f": {item.reason}" if item.reason else "")
+
+
+def _cmd_feedback_list(args: argparse.Namespace) -> None:
+    store = open_store(args.store, create=False)
+    try:
+        for item in store.items(model_name=args.model, with_data=False, author=args.author):
+            when = datetime.fromtimestamp(item.created, UTC).isoformat(timespec="seconds")
+            kind = "confirmed" if item.confirmed else item.label or item.predicted_label or "-"
+            print(f"{when}  {item.id}  {item.author or '-'}  {item.model_name}:{item.model_version}  {kind}  "
+                  f"{_state_of(item)}")  # fmt: skip
+    finally:
+        store.close()
+
+
+def _cmd_feedback_withdraw(args: argparse.Namespace) -> None:
+    item = _with_store(args, lambda store: store.withdraw(args.id, args.author))
+    print(f"{item.id} withdrawn: retraining will not use it")
 
 
 def _cmd_feedback_reject(args: argparse.Namespace) -> None:
@@ -541,7 +598,7 @@ def _cmd_feedback_export(args: argparse.Namespace) -> None:
     store = open_store(args.store, create=False)
     consumed = {"pending": False, "consumed": True, "all": None}[args.state]
     try:
-        print(json.dumps(transfer.export_folder(store, args.out, consumed, args.model), indent=2))
+        print(json.dumps(transfer.export_folder(store, args.out, consumed, args.model, args.author), indent=2))
     finally:
         store.close()
 
@@ -651,11 +708,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoints of the served models: labels are checked against their classes",
     )
     for name, help, func in (
-        ("stats", "counts of stored corrections by state, label and model version", _cmd_feedback_stats),
+        ("stats", "counts of stored corrections by state, label, model version and author", _cmd_feedback_stats),
+        ("list", "the corrections, oldest first, each with its state and why", _cmd_feedback_list),
         ("export", "write corrections as an image folder plus a maps folder", _cmd_feedback_export),
     ):
         p = _command(fsub, name, help, func, _store_argument)
         p.add_argument("--model", default="", help="only this model")
+        p.add_argument("--author", default="", help="only this author's")
     p.add_argument("--out", required=True)
     p.add_argument("--state", choices=("pending", "consumed", "all"), default="all")
     p = _command(
@@ -671,6 +730,15 @@ def build_parser() -> argparse.ArgumentParser:
     _selection_arguments(p, runs=False)
     p = _command(fsub, "requeue", "make rejected corrections pending again", _cmd_feedback_requeue)
     _selection_arguments(p, runs=True)
+    p = _command(
+        fsub,
+        "withdraw",
+        "take back a pending correction for its author: retraining will not use it",
+        _cmd_feedback_withdraw,
+        _store_argument,
+    )
+    p.add_argument("--id", required=True, help="the correction")
+    p.add_argument("--author", required=True, help="its author (only they may withdraw it)")
     p = _command(
         fsub,
         "backup",
@@ -742,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("serving").setLevel(logging.INFO)  # the services' own lines: health changes, incidents
     try:
         return args.func(args) or 0
-    except (DataError, OSError, ValueError, RuntimeError, sqlite3.Error, psycopg.Error) as e:
+    except (DataError, NotFoundError, OSError, ValueError, RuntimeError, sqlite3.Error, psycopg.Error) as e:
         print(f"abn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:

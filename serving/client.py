@@ -114,6 +114,8 @@ class Client:
         model_version: str = "",
         predicted_label: str = "",
         review_id: str = "",
+        decided: np.ndarray | None = None,
+        confirmed: bool = False,
     ) -> feedback_pb2.SubmitFeedbackResponse:
         """A corrected map for an image (serving.feedback.client.FeedbackClient.submit)."""
         return self.feedback.submit(
@@ -127,18 +129,28 @@ class Client:
             model_version,
             predicted_label,
             review_id,
+            decided,
+            confirmed,
         )
 
     def get_feedback(self, feedback_id: str) -> feedback_pb2.Feedback:
         return self.feedback.get(feedback_id)
 
     def list_feedback(
-        self, since: float | None = None, pending: bool | None = None, model_name: str = "", metadata_only: bool = False
+        self,
+        since: float | None = None,
+        pending: bool | None = None,
+        model_name: str = "",
+        metadata_only: bool = False,
+        author: str = "",
     ) -> Iterator[feedback_pb2.Feedback]:
-        return self.feedback.list(since, pending, model_name, metadata_only)
+        return self.feedback.list(since, pending, model_name, metadata_only, author)
 
-    def feedback_stats(self, model_name: str = "") -> feedback_pb2.GetFeedbackStatsResponse:
-        return self.feedback.stats(model_name)
+    def feedback_stats(self, model_name: str = "", author: str = "") -> feedback_pb2.GetFeedbackStatsResponse:
+        return self.feedback.stats(model_name, author)
+
+    def withdraw_feedback(self, feedback_id: str, author: str = "") -> feedback_pb2.Feedback:
+        return self.feedback.withdraw(feedback_id, author)
 
     def feedback_serving(self) -> bool:
         return self.feedback.serving()

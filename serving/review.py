@@ -6,6 +6,7 @@ Priorities, higher first:
   between two classes, 0 when it is certain;
 - entropy: the entropy of the attention map, normalised to [0, 1]; high when the model looks everywhere
   rather than at one place.
+Each comes with words for the expert that say what the figures say (see CLOSE, SURE, SPREAD).
 """
 
 import math
@@ -24,10 +25,22 @@ from serving.client import Client
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+# The words a priority is shown with follow its figures: "uncertain" only when the top two classes are within
+# CLOSE of each other, "probably" up to SURE, "confident" beyond; a map's entropy above SPREAD looks everywhere.
+CLOSE, SURE, SPREAD = 0.2, 0.6, 0.85
+
+
 def margin(p: Prediction) -> tuple[float, str]:
-    top = [s.probability for s in p.scores[:2]] + [0.0]
-    second = f" and {p.scores[1].label} {top[1]:.0%}" if len(p.scores) > 1 else ""
-    return 1.0 - (top[0] - top[1]), f"uncertain: {p.scores[0].label} {top[0]:.0%}{second}"
+    top = [(s.label, s.probability) for s in p.scores[:2]] + [("", 0.0)]
+    (first, p1), (second, p2) = top[0], top[1]
+    gap = p1 - p2
+    if gap < CLOSE:
+        words = f"uncertain: {first} {p1:.0%} or {second} {p2:.0%}"
+    elif gap < SURE:
+        words = f"probably {first}: {p1:.0%}" + (f", then {second} {p2:.0%}" if second else "")
+    else:
+        words = f"confident: {first} {p1:.0%}"
+    return 1.0 - gap, words
 
 
 def entropy(p: Prediction) -> tuple[float, str]:
@@ -36,7 +49,8 @@ def entropy(p: Prediction) -> tuple[float, str]:
         return 1.0, "attention: the map is empty"
     q = m / m.sum()
     h = float(-(q[q > 0] * np.log(q[q > 0])).sum() / math.log(m.size))
-    return h, f"attention spread: entropy {h:.2f}"
+    where = "spread over the whole image" if h >= SPREAD else "on a few places"
+    return h, f"attention {where} (entropy {h:.2f})"
 
 
 PRIORITIES: dict[str, Callable[[Prediction], tuple[float, str]]] = {"margin": margin, "entropy": entropy}

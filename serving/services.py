@@ -14,7 +14,7 @@ from PIL import Image
 from finetune import checkpoint, decoy_digits, train
 from serving import retraining, review, settings
 from serving.client import Client
-from serving.editor.gateway import EditorConfig, EditorServer
+from serving.editor.gateway import EditorConfig, EditorServer, known_inputs
 from serving.feedback.server import FeedbackServer, write_token
 from serving.feedback.service import known_classes
 from serving.feedback.store import FeedbackStore, display_url, open_store
@@ -255,6 +255,7 @@ def _up_services(cfg: UpConfig, store: FeedbackStore, name: str) -> None:
                 feedback=feedback_target,
                 feedback_ca=cfg.editor.feedback_ca or ca,
                 classes=cfg.editor.classes or known_classes(cfg.feedback.checkpoints),
+                inputs=cfg.editor.inputs or known_inputs(cfg.feedback.checkpoints),
             )
         )
     if cfg.retrain_schedule:

@@ -1,5 +1,6 @@
 """Builds of the served ONNX model (fp32, int8, fp16), their parity check, and the device setting."""
 
+import json
 import subprocess
 import zipfile
 
@@ -115,13 +116,20 @@ def test_the_fp16_build_on_the_gpu_matches_the_cpu(ckpt, tmp_path, device):
         assert np.abs(a - b).max() < 1e-2
 
 
-def test_the_gpu_benchmark_dry_run_builds_and_checks_on_the_cpu(tmp_path):
-    done = subprocess.run(
-        ["bench/gpu.sh", "--dry-run", "--steps", "10", "--out", str(tmp_path)], capture_output=True, text=True
-    )
+def test_the_gpu_benchmark_dry_run_runs_every_step_on_the_cpu(tmp_path):
+    command = ["bench/gpu.sh", "--dry-run", "--steps", "10", "--check-images", "64", "--seconds", "1"]
+    done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "fp16: {'agreement':" in done.stdout
-    assert (tmp_path / "gpu.md").is_file() and (tmp_path / "store" / "abn_fp16.v1.mar").is_file()
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert "errors" not in report, report["errors"]
+    assert not [r for kind in ("in process", "served") for r in report[kind] if "error" in r]
+    served = [(r["model"], r["workers"], r["concurrency"]) for r in report["served"]]
+    assert served == [(m, w, c) for m in ("abn_fp32", "abn_fp16") for w, c in ((1, 1), (1, 8), (2, 8))]
+    assert [r["concurrency"] for r in report["in process"]] == [1, 8, 1, 8]
+    assert all(r["per_second"] > 0 for r in report["served"])
+    assert all(r["stages_ms"]["decode"] > 0 for r in report["served"] if r["workers"] == 1)
+    assert report["archive abn_fp16"]["choice"]["candidates"][0]["passed"]
+    assert "| served | abn_fp16 | 2 | 8 |" in done.stdout and (tmp_path / "gpu.png").stat().st_size > 0
 
 
 def test_the_graphs_convolution_flops_are_the_eager_models(ckpt, tmp_path):

@@ -140,6 +140,30 @@ def test_image_folder_with_partial_maps_of_other_sizes(tmp_path):
     assert not folder[2]["has_map"] and folder[2]["map"].sum() == 0
 
 
+def test_a_maps_alpha_is_its_decided_mask(tmp_path):
+    for name in ("cat/a.png", "cat/b.png", "dog/c.png"):
+        write_image(tmp_path / "img" / name, (20, 10))
+    value = np.zeros((10, 20), np.uint8)
+    value[:, 10:] = 255  # right half attended
+    alpha = np.zeros((10, 20), np.uint8)
+    alpha[:5] = 255  # the top half painted; the bottom half don't care
+    (tmp_path / "maps/cat").mkdir(parents=True)
+    Image.fromarray(np.stack([value, alpha], -1), "LA").save(tmp_path / "maps/cat/a.png")
+    Image.fromarray(value).save(tmp_path / "maps/cat/b.png")  # no alpha: every pixel decided
+    folder = ImageFolder(tmp_path / "img", (16, 16), tmp_path / "maps")
+    painted, whole, unmapped = folder[0], folder[1], folder[2]
+    assert torch.equal(painted["map"], whole["map"])
+    assert painted["decided"].shape == (1, 16, 16) and set(painted["decided"].unique().tolist()) == {0.0, 1.0}
+    assert painted["decided"][0, :8].all() and not painted["decided"][0, 8:].any()  # at least half decided
+    assert whole["decided"].all() and not unmapped["decided"].any()
+    assert painted["weight"] == whole["weight"] == unmapped["weight"] == 1.0
+    # an in-memory set: a map's pixels are all decided unless told, an item without a map decides none
+    tensors = data.TensorSet(
+        torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), torch.ones(2, 1, 4, 4), torch.tensor([1, 0])
+    )
+    assert tensors[0]["decided"].all() and not tensors[1]["decided"].any() and tensors[1]["weight"] == 1.0
+
+
 def test_empty_or_malformed_folders(tmp_path):
     with pytest.raises(DataError, match="does not exist or is not a folder"):
         ImageFolder(tmp_path / "nope", (32, 32))

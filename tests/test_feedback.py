@@ -25,6 +25,7 @@ from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc
 from handlers.stubs.abn.v1.prediction_pb2 import AttentionMap
 from serving import cli, settings
 from serving.client import Client
+from serving.feedback import experts
 from serving.feedback.client import FeedbackClient
 from serving.feedback.server import FeedbackServer, write_token
 from serving.feedback.store import MIGRATIONS, SCHEMA_VERSION, Item, SQLiteStore
@@ -95,6 +96,71 @@ def test_submit_get_list_round_trip(service):
     assert {c.key: c.count for c in stats.by_model_version} == {"abn:1": 1, "other:": 1}
 
 
+def test_the_decided_pixels_and_a_confirmation_go_through_the_service_as_sent(service):
+    client, store = service["client"], service["store"]
+    stroke = np.zeros((16, 16), bool)
+    stroke[2:5, 3:12] = True
+    painted = client.submit_feedback(png(1), a_map(), decided=stroke, label="3", model_name="abn").id
+    confirmed = client.submit_feedback(png(2), a_map(), confirmed=True, model_name="abn", predicted_label="4").id
+    whole = client.submit_feedback(png(3), a_map(), decided=np.ones((16, 16), bool)).id
+    old = client.submit_feedback(png(4), a_map()).id  # a client from before masks: every pixel decided
+    got = client.get_feedback(painted)
+    assert np.array_equal(wire.mask_from_bytes(got.decided, (16, 16)), stroke) and not got.confirmed
+    assert set(got.decided) == {0, 1} and len(got.decided) == 256
+    assert store.get(painted).decided.sum() == stroke.sum()
+    assert client.get_feedback(confirmed).confirmed and client.get_feedback(confirmed).decided == b""
+    assert [client.get_feedback(i).decided for i in (whole, old)] == [b"", b""]
+    assert [store.get(i).decided for i in (confirmed, whole, old)] == [None, None, None]
+    assert all(f.decided == b"" for f in client.list_feedback(metadata_only=True))
+    stats = client.feedback_stats()
+    assert stats.confirmations == 1 and {c.key: c.count for c in stats.by_author} == {"": 4}
+
+
+def test_an_expert_withdraws_their_own_pending_correction_and_no_one_elses(service):
+    admin, store = service["client"].feedback, service["store"]
+    ana, bo = (admin.with_token(experts.add(store, name)) for name in ("ana", "bo"))
+    first, second, third = (ana.submit(png(i), a_map(), label="3", model_name="abn").id for i in range(3))
+    theirs = bo.submit(png(9), a_map(), confirmed=True).id
+    store.mark_consumed([second], "run-1", "2")
+
+    def refused(call, code: grpc.StatusCode, words: str) -> None:
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == code and words in e.value.details(), e.value.details()
+
+    refused(lambda: bo.withdraw(first), grpc.StatusCode.PERMISSION_DENIED, f"{first} is ana's, not bo's")
+    refused(lambda: admin.withdraw(first, author="bo"), grpc.StatusCode.PERMISSION_DENIED, "only its author")
+    refused(lambda: admin.withdraw(first), grpc.StatusCode.INVALID_ARGUMENT, "author: name the correction's author")
+    refused(lambda: ana.withdraw(second), grpc.StatusCode.FAILED_PRECONDITION, "is consumed by run run-1")
+    refused(lambda: ana.withdraw("nope"), grpc.StatusCode.NOT_FOUND, "id: no feedback 'nope'")
+    assert store.get(first).state == "pending"  # no refusal changed it
+    withdrawn = ana.withdraw(first)
+    assert withdrawn.id == first and withdrawn.state == feedback_pb2.FEEDBACK_STATE_WITHDRAWN
+    assert withdrawn.reason == "withdrawn by its author" and withdrawn.image == b""
+    refused(lambda: ana.withdraw(first), grpc.StatusCode.FAILED_PRECONDITION, "is withdrawn, no longer pending")
+    assert admin.withdraw(third, author="ana").state == feedback_pb2.FEEDBACK_STATE_WITHDRAWN  # for its author
+    assert [i.id for i in store.items(consumed=False)] == [theirs]  # what retraining would take
+
+    # "My corrections": an expert's token lists and counts that expert's own only, in every state
+    mine = list(ana.list(metadata_only=True))
+    assert [(f.id, f.state) for f in mine] == [
+        (first, feedback_pb2.FEEDBACK_STATE_WITHDRAWN),
+        (second, feedback_pb2.FEEDBACK_STATE_CONSUMED),
+        (third, feedback_pb2.FEEDBACK_STATE_WITHDRAWN),
+    ]
+    assert mine[1].consumed_by == "run-1" and mine[1].promoted_version == "2"
+    refused(lambda: list(ana.list(author="bo")), grpc.StatusCode.PERMISSION_DENIED, "'ana''s own corrections only")
+    counted = ana.stats()
+    assert counted.total == 3 and {c.key: c.count for c in counted.by_author} == {"ana": 3}
+    assert {c.key: c.count for c in counted.by_state} == {"consumed": 1, "withdrawn": 2}
+    everyone = admin.stats()
+    assert {c.key: c.count for c in everyone.by_author} == {"ana": 3, "bo": 1} and everyone.confirmations == 1
+    assert admin.stats(author="bo").total == 1 and [f.id for f in admin.list(author="bo")] == [theirs]
+    state = feedback_pb2.ListFeedbackRequest(state=feedback_pb2.FEEDBACK_STATE_WITHDRAWN)
+    listed = admin._stub.ListFeedback(state, metadata=admin._metadata, timeout=10)
+    assert [r.feedback.id for r in listed] == [first, third]
+
+
 def test_a_retry_with_the_same_key_stores_nothing_new(service):
     client, store = service["client"], service["store"]
     first = client.submit_feedback(png(1), a_map(), idempotency_key="same")
@@ -153,6 +219,10 @@ def test_sixteen_threads_lose_nothing(service):
         (dict(model_name="elsewhere"), "INVALID_ARGUMENT", "model_name: 'elsewhere' is not a model this service"),
         (dict(model_version="v2; drop"), "INVALID_ARGUMENT", "model_version: 'v2; drop' is not a version"),
         (dict(image=dds()), "INVALID_ARGUMENT", "image cannot be decoded"),
+        # a_map() is 16 x 16: the mask of decided pixels has one byte per value
+        (dict(decided=bytes(256)), "INVALID_ARGUMENT", "decided: the correction decides no pixel: paint at least"),
+        (dict(decided=b"\x01" * 16), "INVALID_ARGUMENT", "decided: one byte per value of the 16x16 map (256 bytes)"),
+        (dict(decided=b"\x01" + bytes(255), confirmed=True), "INVALID_ARGUMENT", "decided: a confirmation"),
     ],
 )
 def test_bad_input_is_rejected_and_nothing_is_written(service, change, code, message):
@@ -255,12 +325,17 @@ def test_a_call_without_the_token_is_refused_but_health_and_reflection_answer(se
 def test_export_writes_the_format_train_reads(service, tmp_path):
     client = service["client"]
     client.submit_feedback(png(1, (40, 20)), a_map(8, 16), label="3", model_name="abn")
-    client.submit_feedback(png(2), a_map(), predicted_label="5", model_name="abn")
+    left = np.zeros((16, 16), bool)
+    left[:, :8] = True  # the expert decided the left half only
+    client.submit_feedback(png(2), a_map(), predicted_label="5", model_name="abn", decided=left)
     client.submit_feedback(png(3), a_map())  # no class at all: left out
     summary = export_folder(service["store"], tmp_path / "out")
     assert summary["written"] == 2 and summary["skipped_without_class"] == 1
     folder = ImageFolder(tmp_path / "out" / "images", (32, 32), tmp_path / "out" / "maps")
     assert folder.classes == ["3", "5"] and folder.map_count == 2
+    whole, half = sorted((folder[i] for i in range(2)), key=lambda item: int(item["label"]))
+    assert whole["decided"].min() == 1  # no mask: every pixel decided
+    assert half["decided"][..., :16].min() == 1 and half["decided"][..., 16:].max() == 0
 
 
 def test_export_never_writes_outside_its_folder(tmp_path):
@@ -276,9 +351,10 @@ def test_export_never_writes_outside_its_folder(tmp_path):
 
 
 def test_feedback_commands(service, tmp_path, capsys):
-    service["client"].submit_feedback(png(1), a_map(), label="3", model_name="abn")
+    service["client"].submit_feedback(png(1), a_map(), label="3", model_name="abn", author="ana")
     assert cli.main(["feedback", "stats", "--store", str(service["path"])]) == 0
-    assert json.loads(capsys.readouterr().out)["by_label"] == {"3": 1}
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["by_label"] == {"3": 1} and printed["by_author"] == {"ana": 1} and printed["confirmations"] == 0
     assert (
         cli.main(
             ["feedback", "export", "--store", str(service["path"]), "--out", str(tmp_path / "x"), "--state", "pending"]
@@ -287,6 +363,33 @@ def test_feedback_commands(service, tmp_path, capsys):
     )
     assert json.loads(capsys.readouterr().out)["written"] == 1
     assert len(list((tmp_path / "x" / "maps" / "3").glob("*.png"))) == 1
+
+
+def test_feedback_list_and_withdraw_commands(service, capsys):
+    client, store = service["client"], service["store"]
+    ana = [client.submit_feedback(png(i), a_map(), label="3", model_name="abn", author="ana").id for i in range(3)]
+    bo = client.submit_feedback(png(5), a_map(), confirmed=True, model_name="abn", author="bo").id
+    store.mark_consumed(ana[:1], "run-1", "2")
+    store.mark_rejected(ana[1:2], "run-2", "attention on ignore pixels rose")
+    path = str(service["path"])
+    assert cli.main(["feedback", "withdraw", "--store", path, "--id", ana[2], "--author", "bo"]) == 2
+    assert "only its author may withdraw it" in capsys.readouterr().err
+    assert cli.main(["feedback", "withdraw", "--store", path, "--id", ana[0], "--author", "ana"]) == 2
+    assert "is consumed by run run-1, no longer pending" in capsys.readouterr().err
+    assert cli.main(["feedback", "withdraw", "--store", path, "--id", "nope", "--author", "ana"]) == 2
+    assert "no feedback 'nope'" in capsys.readouterr().err
+    assert cli.main(["feedback", "withdraw", "--store", path, "--id", ana[2], "--author", "ana"]) == 0
+    assert f"{ana[2]} withdrawn" in capsys.readouterr().out
+    assert cli.main(["feedback", "list", "--store", path, "--author", "ana"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == ana
+    assert lines[0].endswith("consumed by run-1, promoted as version 2")
+    assert lines[1].endswith("rejected by run-2: attention on ignore pixels rose")
+    assert lines[2].endswith("withdrawn: withdrawn by its author")
+    assert cli.main(["feedback", "list", "--store", path, "--author", "bo"]) == 0
+    assert f"{bo}  bo  abn:  confirmed  pending" in capsys.readouterr().out
+    assert cli.main(["feedback", "stats", "--store", path, "--author", "ana"]) == 0
+    assert json.loads(capsys.readouterr().out)["by_state"] == {"consumed": 1, "rejected": 1, "withdrawn": 1}
 
 
 def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):

@@ -1,11 +1,13 @@
 """The feedback store itself, on SQLite and on a real, throwaway PostgreSQL server (tests/conftest.py)."""
 
 import io
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import psycopg
 import pytest
 from PIL import Image
 
@@ -18,8 +20,11 @@ from serving.feedback.store import (
     SCHEMA_VERSION,
     ConflictError,
     Item,
+    NotAuthorError,
+    NotFoundError,
     PostgresStore,
     SQLiteStore,
+    StateError,
     StoreUnavailable,
     display_url,
     open_store,
@@ -134,12 +139,12 @@ def test_images_are_stored_once(store):
 
 
 def test_stats_shape_and_counts(store):
-    empty = {"pending_images": 0, "conflicting_images": 0}
+    empty = {"by_author": {}, "confirmations": 0, "pending_images": 0, "conflicting_images": 0}
     assert store.stats() == {"total": 0, "by_state": {}, "by_label": {}, "by_model_version": {}, **empty}
     ids = [
-        store.submit(an_item(1, label="3", model_name="abn", model_version="1"))[0],
-        store.submit(an_item(2, predicted_label="3", model_name="abn", model_version="2"))[0],
-        store.submit(an_item(3, label="4", predicted_label="3", model_name="other"))[0],
+        store.submit(an_item(1, label="3", model_name="abn", model_version="1", author="ana"))[0],
+        store.submit(an_item(2, predicted_label="3", model_name="abn", model_version="2", confirmed=True))[0],
+        store.submit(an_item(3, label="4", predicted_label="3", model_name="other", author="ana"))[0],
     ]
     store.mark_consumed(ids[:1], "run-1")
     stats = store.stats()
@@ -148,6 +153,8 @@ def test_stats_shape_and_counts(store):
         "by_state": {"consumed": 1, "pending": 2},
         "by_label": {"3": 2, "4": 1},
         "by_model_version": {"abn:1": 1, "abn:2": 1, "other:": 1},
+        "by_author": {"": 1, "ana": 2},
+        "confirmations": 1,
         "pending_images": 2,
         "conflicting_images": 0,
     }
@@ -157,9 +164,136 @@ def test_stats_shape_and_counts(store):
         "by_state": {"consumed": 1, "pending": 1},
         "by_label": {"3": 2},
         "by_model_version": {"abn:1": 1, "abn:2": 1},
+        "by_author": {"": 1, "ana": 1},
+        "confirmations": 1,
         "pending_images": 1,
         "conflicting_images": 0,
     }
+    assert store.stats("abn", author="ana") == {
+        "total": 1,
+        "by_state": {"consumed": 1},
+        "by_label": {"3": 1},
+        "by_model_version": {"abn:1": 1},
+        "by_author": {"ana": 1},
+        "confirmations": 0,
+        "pending_images": 0,
+        "conflicting_images": 0,
+    }
+    assert store.stats(author="bo")["total"] == 0
+
+
+def test_the_decided_pixels_and_a_confirmation_round_trip_compactly(store):
+    partial = np.zeros((4, 6), bool)
+    partial[1:3, 2:5] = True  # a stroke
+    stroke = store.submit(an_item(1, decided=partial, idempotency_key="stroke"))[0]
+    whole = store.submit(an_item(2, decided=np.ones((4, 6), bool)))[0]
+    old = store.submit(an_item(3))[0]  # no mask: every pixel decided, as before masks
+    confirmed = store.submit(an_item(4, confirmed=True))[0]
+    got = store.get(stroke)
+    assert got.decided.dtype == bool and np.array_equal(got.decided, partial) and not got.confirmed
+    assert store.get(whole).decided is None and store.get(old).decided is None  # all decided: stored as none
+    assert store.get(confirmed).confirmed and store.get(confirmed).decided is None
+    assert [np.array_equal(i.decided, partial) if i.decided is not None else None for i in store.items()] == [
+        True, None, None, None]  # fmt: skip
+    assert all(i.decided is None for i in store.items(with_data=False))  # a listing reads no mask
+    sizes = store._execute("SELECT LENGTH(decided) FROM feedback ORDER BY seq").fetchall()
+    assert [row[0] for row in sizes] == [3, None, None, None]  # 24 pixels in 3 bytes
+    # the mask is part of what an idempotency key vouches for
+    assert store.submit(an_item(1, decided=partial.copy(), idempotency_key="stroke")) == (stroke, False)
+    with pytest.raises(ConflictError, match="with a different decided"):
+        store.submit(an_item(1, decided=~partial, idempotency_key="stroke"))
+    with pytest.raises(ConflictError, match="with a different confirmed"):
+        store.submit(an_item(1, decided=partial, confirmed=True, idempotency_key="stroke"))
+    with pytest.raises(ValueError, match="decided: a"):
+        store.submit(an_item(5, decided=np.ones((6, 4), bool)))
+
+
+def test_an_author_withdraws_a_pending_correction_and_nothing_uses_it(store):
+    ids = [store.submit(an_item(i, author="ana" if i < 3 else "bo", model_name="abn"))[0] for i in range(4)]
+    withdrawn = store.withdraw(ids[0], "ana")
+    assert (withdrawn.id, withdrawn.state, withdrawn.reason) == (ids[0], "withdrawn", "withdrawn by its author")
+    assert withdrawn.image == b"" and withdrawn.withdrawn is not None
+    assert [i.id for i in store.items(consumed=False)] == ids[1:] == [i.id for i in store.items(state="pending")]
+    assert store.ids_of(rejected=False) == ids[1:] and store.ids_of(rejected=True) == []
+    assert [i.id for i in store.items(state="withdrawn")] == ids[:1]
+    assert [i.state for i in store.items(author="ana")] == ["withdrawn", "pending", "pending"]
+    stats = store.stats()
+    assert stats["by_state"] == {"pending": 3, "withdrawn": 1} and stats["pending_images"] == 3
+    # a run that read it before it was withdrawn neither consumes nor rejects it
+    assert store.mark_consumed(ids[:2], "run-1", "2") == 1 and store.mark_rejected(ids[:1], "run-1") == 0
+    assert store.get(ids[0]).state == "withdrawn" and store.get(ids[1]).state == "consumed"
+    with pytest.raises(NotAuthorError, match=f"correction {ids[2]} is ana's, not bo's: only its author"):
+        store.withdraw(ids[2], "bo")
+    with pytest.raises(StateError, match=f"{ids[1]} is consumed by run run-1, no longer pending"):
+        store.withdraw(ids[1], "ana")
+    with pytest.raises(StateError, match="is withdrawn, no longer pending"):
+        store.withdraw(ids[0], "ana")
+    store.mark_rejected(ids[3:], "operator", "a test image")
+    with pytest.raises(StateError, match="is rejected by operator, no longer pending"):
+        store.withdraw(ids[3], "bo")
+    with pytest.raises(NotFoundError, match="id: no feedback 'nope'"):
+        store.withdraw("nope", "ana")
+    assert store.get(ids[2]).state == "pending"  # the refusals changed nothing
+
+
+def test_each_state_says_why_and_a_consumed_correction_names_the_version_it_went_into(store):
+    ids = [store.submit(an_item(i, author="ana"))[0] for i in range(4)]
+    assert store.set_reason(ids[:2], "held back: kept to check the run") == 2
+    assert [i.reason for i in store.items()] == ["held back: kept to check the run"] * 2 + ["", ""]
+    assert store.mark_consumed(ids[:1], "run-1", "3") == 1
+    assert store.mark_rejected(ids[1:3], "run-1", "attention on ignore pixels rose") == 2
+    assert store.set_reason(ids, "not pending any more") == 1  # only the pending one
+    got = {i.id: i for i in store.items()}
+    assert (got[ids[0]].state, got[ids[0]].promoted_version, got[ids[0]].reason) == ("consumed", "3", "")
+    assert (got[ids[1]].rejected_by, got[ids[1]].reason) == ("run-1", "attention on ignore pixels rose")
+    assert got[ids[3]].reason == "not pending any more"
+    assert store.requeue(ids[1:2]) == 1
+    assert (store.get(ids[1]).state, store.get(ids[1]).reason) == ("pending", "")
+
+
+def _old_store(url: str, path) -> list[str]:
+    """A store as the version before masks and withdrawals left it: its schema (the first four migrations, run
+    by the database's own driver) and one correction in it, written with that version's columns."""
+    old = 4
+    columns = "id, image_sha256, map_height, map_width, map_values, label, author, created"
+    row = ("old-1", "sha-1", 4, 6, np.ones((4, 6), "<f4").tobytes(), "3", "ana", time.time())
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(path)
+        for migration in MIGRATIONS[:old]:
+            db.executescript(migration)
+        db.execute(f"PRAGMA user_version={old}")
+        db.execute("INSERT INTO images VALUES (?, ?)", ("sha-1", png(1)))
+        db.execute(f"INSERT INTO feedback ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        db.commit()
+        db.close()
+    else:
+        with psycopg.connect(url, autocommit=True) as db:
+            for migration in POSTGRES_MIGRATIONS[:old]:
+                db.execute(migration)
+            db.execute("CREATE TABLE abn_schema (version INTEGER NOT NULL)")
+            db.execute("INSERT INTO abn_schema VALUES (%s)", (old,))
+            db.execute("INSERT INTO images VALUES (%s, %s)", ("sha-1", png(1)))
+            db.execute(f"INSERT INTO feedback ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+    return ["old-1"]
+
+
+def test_an_old_store_is_upgraded_in_place_and_its_corrections_decided_every_pixel(url, tmp_path):
+    (old_id,) = _old_store(url, tmp_path / "feedback.db")
+    store = open_store(url)
+    version = (
+        store._execute("PRAGMA user_version")
+        if isinstance(store, SQLiteStore)
+        else store._execute("SELECT version FROM abn_schema")
+    ).fetchone()[0]
+    assert version == SCHEMA_VERSION
+    old = store.get(old_id)
+    assert (old.state, old.decided, old.confirmed, old.reason, old.promoted_version) == ("pending", None, False, "", "")
+    assert old.image == png(1) and old.attention.shape == (4, 6)
+    new = store.submit(an_item(2, decided=np.eye(4, 6, dtype=bool), author="bo"))[0]
+    assert np.array_equal(store.get(new).decided, np.eye(4, 6, dtype=bool))
+    assert store.withdraw(old_id, "ana").state == "withdrawn"
+    assert store.stats()["by_author"] == {"ana": 1, "bo": 1}
+    store.close()
 
 
 def test_rejected_corrections_are_set_aside_until_requeued(store):
@@ -276,28 +410,46 @@ def test_copy_store_keeps_ids_state_images_and_maps_and_a_second_copy_skips_all(
     for i in range(5):
         source.submit(
             an_item(
-                i % 3, label=str(i), model_name="abn", model_version=str(i), idempotency_key=f"k{i}" if i % 2 else ""
+                i % 3,
+                label=str(i),
+                model_name="abn",
+                model_version=str(i),
+                idempotency_key=f"k{i}" if i % 2 else "",
+                decided=np.eye(4, 6, dtype=bool) if i == 2 else None,
+                confirmed=i == 3,
+                author="ana",
             )
         )
     first = [item.id for item in source.items()]
-    source.mark_consumed(first[:2], "run-1")
+    source.mark_consumed(first[:2], "run-1", "2")
+    source.set_reason(first[2:3], "held back")
+    source.withdraw(first[4], "ana")
     target = open_store(postgres_url)
-    assert copy_store(source, target) == {"copied": 5, "skipped": 0, "marked_consumed": 0}
+    assert copy_store(source, target) == {"copied": 5, "skipped": 0, "marked_consumed": 0, "marked_withdrawn": 0}
     copied = list(target.items())
     for a, b in zip(source.items(), copied, strict=True):  # in the same order, every field equal
-        assert np.array_equal(a.attention, b.attention) and a.attention.shape == b.attention.shape
-        a.attention = b.attention = None
+        for name in ("attention", "decided"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None and y is None) or (np.array_equal(x, y) and x.shape == y.shape)
+            setattr(a, name, None), setattr(b, name, None)
         assert a == b
+    assert [item.state for item in copied] == ["consumed", "consumed", "pending", "pending", "withdrawn"]
+    assert copied[0].promoted_version == "2" and copied[2].reason == "held back" and copied[3].confirmed
     assert [item.consumed_by for item in copied] == ["run-1", "run-1", None, None, None]
     assert count(target, "images") == 3 and target.stats() == source.stats()
-    retry = an_item(1, label="1", model_name="abn", model_version="1", idempotency_key="k1")
+    retry = an_item(1, label="1", model_name="abn", model_version="1", idempotency_key="k1", author="ana")
     assert target.submit(retry) == (first[1], False)  # its keys came along
 
+    late = source.submit(an_item(10, author="bo"))[0]
+    target.restore(source.get(late))
+    source.withdraw(late, "bo")  # an author withdrew one that had been copied,
     source.submit(an_item(9))  # one more since, as if the first copy had been interrupted,
     source.mark_consumed(first[2:4], "run-2")  # and a retraining run consumed two meanwhile
-    assert copy_store(source, target) == {"copied": 1, "skipped": 5, "marked_consumed": 2}
-    assert copy_store(source, target) == {"copied": 0, "skipped": 6, "marked_consumed": 0}
-    assert [i.consumed_by for i in target.items(with_data=False)] == ["run-1", "run-1", "run-2", "run-2", None, None]
+    assert copy_store(source, target) == {"copied": 1, "skipped": 6, "marked_consumed": 2, "marked_withdrawn": 1}
+    assert copy_store(source, target) == {"copied": 0, "skipped": 7, "marked_consumed": 0, "marked_withdrawn": 0}
+    states = [(i.consumed_by, i.promoted_version, i.state) for i in target.items(with_data=False)]
+    assert states == [("run-1", "2", "consumed")] * 2 + [("run-2", "", "consumed")] * 2 + [
+        (None, "", "withdrawn"), (None, "", "withdrawn"), (None, "", "pending")]  # fmt: skip
     assert [item.id for item in target.items(with_data=False)] == [item.id for item in source.items()]
     source.close()
     target.close()

@@ -74,24 +74,45 @@ def test_unfrozen_features_learn():
     assert not torch.equal(before, model.features[0].weight)
 
 
-def test_counterexamples_keep_every_relevant_pixel():
-    images = torch.rand(6, 3, 8, 8)
-    maps = (torch.rand(6, 1, 8, 8) > 0.5).float() * torch.rand(6, 1, 8, 8)
+def test_map_loss_counts_decided_pixels_only_and_weighs_each_sample():
+    g = torch.Generator().manual_seed(0)
+    m, edits = torch.rand(2, 1, 4, 4, generator=g), torch.rand(2, 1, 4, 4, generator=g)
+    has = torch.ones(2, dtype=torch.bool)
+    decided = torch.zeros(2, 1, 4, 4)
+    decided[0, 0, :2], decided[1] = 1, 1  # the first decided its top half only
+    per_sample = torch.stack([(m[0, 0, :2] - edits[0, 0, :2]).norm(), (m[1] - edits[1]).norm()])
+    assert torch.isclose(map_loss(m, edits, has, decided), per_sample.mean())
+    anything = edits.clone()
+    anything[0, 0, 2:] = 1 - anything[0, 0, 2:]  # what an undecided pixel holds pulls nowhere
+    assert torch.isclose(map_loss(m, anything, has, decided), per_sample.mean())
+    weight = torch.tensor([0.2, 1.0])
+    assert torch.isclose(map_loss(m, edits, has, decided, weight), (per_sample * weight).mean())  # not renormalised
+    # a mask at image size is area-averaged to the map's: every other column decided weighs each pixel by half
+    columns = torch.zeros(2, 1, 8, 8)
+    columns[..., ::2] = 1
+    assert torch.isclose(map_loss(m, edits, has, columns), (m - edits).flatten(1).norm(dim=1).mean() * 0.5**0.5)
+
+
+def test_counterexamples_fill_only_ignore_pixels_from_another_class():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 8, 8, generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 2, 0])
+    maps = torch.rand(6, 1, 8, 8, generator=g)
+    decided = (torch.rand(6, 1, 8, 8, generator=g) > 0.5).float()
+    decided[3] *= (maps[3] >= 0.5).float()  # decides attend pixels only: no counterexample
     has = torch.tensor([True, False, True, True, False, True])
-    made, index = counterexamples(images, maps, has, torch.Generator().manual_seed(0))
-    assert index.tolist() == [0, 2, 3, 5] and made.shape == (4, 3, 8, 8)
-    keep = (maps[index] >= 0.5).expand(-1, 3, -1, -1)
-    assert torch.equal(made[keep], images[index][keep])
-    # every other pixel comes from one other image of the batch
+    made, index = counterexamples(images, labels, maps, decided, has, torch.Generator().manual_seed(0), copies=4)
+    assert len(made) == 6 and set(index.tolist()) == {0, 2, 5}  # 12 asked for, a batch's worth made
+    ignore = ((decided[index] >= 0.5) & (maps[index] < 0.5)).expand(-1, 3, -1, -1)
+    assert torch.equal(made[~ignore], images[index][~ignore])  # attend and undecided pixels are the image's
     for j, i in enumerate(index.tolist()):
-        drop = ~keep[j]
-        sources = [k for k in range(6) if k != i and torch.equal(made[j][drop], images[k][drop])]
-        assert sources, f"counterexample of {i} is not filled from another image"
-    many, index = counterexamples(images, maps, has, torch.Generator().manual_seed(0), copies=5)
-    assert len(many) == 6 and set(index.tolist()) <= {0, 2, 3, 5}  # 20 asked for, a batch's worth made
-    keep = (maps[index] >= 0.5).expand(-1, 3, -1, -1)
-    assert torch.equal(many[keep], images[index][keep])
-    none, idx = counterexamples(images, maps, torch.zeros(6, dtype=torch.bool), torch.Generator())
+        fill = ignore[j]
+        sources = [k for k in range(6) if torch.equal(made[j][fill], images[k][fill])]
+        assert sources and all(labels[k] != labels[i] for k in sources), (i, sources)
+    one_class = torch.zeros(6, dtype=torch.long)
+    none, idx = counterexamples(images, one_class, maps, decided, has, torch.Generator())
+    assert len(none) == 0 and len(idx) == 0  # no other class in the batch: none
+    none, idx = counterexamples(images, labels, maps, decided, torch.zeros(6, dtype=torch.bool), torch.Generator())
     assert len(none) == 0 and len(idx) == 0
 
 
@@ -133,6 +154,25 @@ def test_expert_sloppiness():
     assert not np.array_equal(wobbly, careful)
     with pytest.raises(ValueError, match="brush radius must be at least 1"):
         expert.correct(mask, None, brush=0)
+
+
+def test_expert_strokes_decide_a_few_pixels_and_leave_the_rest():
+    obj = np.zeros((32, 32), bool)
+    obj[6:26, 14:18] = True  # a digit's stroke
+    decoy = np.zeros((32, 32), bool)
+    decoy[:8, :8] = True
+    before = np.full((32, 32), 0.3, np.float32)
+    before[:8, :8] = 0.9
+    edited, decided = expert.strokes(obj, decoy, before, brush=2, seed=0)
+    assert decided[decoy].all() and (edited[decoy] == 0).all()  # one Ignore stroke over the decoy
+    attend = decided & (edited == 1)
+    assert attend.sum() > 10 and (attend & obj).sum() > 0.5 * attend.sum()  # Attend strokes, on the object mostly
+    assert np.array_equal(edited[~decided], before[~decided]) and decided.mean() < 0.4  # the rest untouched
+    assert not expert.strokes(obj, decoy, before, miss=1.0)[1].any()
+    shifted = expert.strokes(obj, decoy, before, attend=(0, 0), wrong=1.0, seed=1)[1]
+    assert 0 < (shifted & decoy).sum() < decoy.sum()  # landed partly off the decoy
+    wobbly = expert.strokes(obj, decoy, before, jitter=2.0, seed=0)[1]
+    assert not np.array_equal(wobbly, decided)
 
 
 def save_folder(root, data, maps=True):

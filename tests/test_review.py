@@ -112,6 +112,22 @@ def test_the_queue_orders_claims_skips_and_closes(store):
     assert store.add_review(entry(1, 0.1))[1]  # once closed, the image may be queued again
 
 
+def test_the_listing_can_show_only_what_open_next_would_offer(store):
+    """A skipped item is hidden from its skipper's listing and count; one put aside (opening another) is not."""
+    ids = [store.add_review(entry(i, p, label))[0] for i, (p, label) in enumerate([(0.9, "3"), (0.5, "5"), (0.2, "3")])]
+    assert store.review_offered("ana") == 3 and store.review_offered("ana", label="3") == 2
+    store.claim_review("ana", ids[0])
+    store.release_review(ids[0], "ana")  # a skip
+    held = store.claim_review("ana")
+    assert held.id == ids[1]
+    assert [e.id for e in store.review_items(viewer="ana")] == ids
+    assert [e.id for e in store.review_items(viewer="ana", hide_skipped=True)] == ids[1:]  # held, and the next
+    assert store.review_offered("ana") == 1 and store.review_offered("bo") == 2  # ana holds one, skipped one
+    store.release_review(held.id, "ana", skip=False)  # put aside for another item: offered again
+    assert store.review_offered("ana") == 2
+    assert store.claim_review("ana").id == ids[1]
+
+
 def test_an_expired_lease_puts_the_item_back(store):
     rid, _ = store.add_review(entry(0, 0.5))
     store.claim_review("ana", lease_s=0.2)
@@ -163,9 +179,10 @@ def test_an_experts_token_signs_their_corrections(service, monkeypatch):
     fid = first.id
     assert first.created and (again.id, again.created) == (fid, False)
     assert admin.get(fid).author == "ana"
-    # an expert's token corrects and works the queue; reading every correction or filling the queue needs more
-    for call in (lambda: ana.get(fid), lambda: list(ana.list()), lambda: ana.stats(), lambda: ana.add_review(
-        png(3), prediction(0.5, 0.4), 1.0)):  # fmt: skip
+    # an expert's token corrects, works the queue and lists their own corrections; reading any correction or
+    # filling the queue needs more
+    assert [f.id for f in ana.list()] == [fid] and ana.stats().total == 1
+    for call in (lambda: ana.get(fid), lambda: ana.add_review(png(3), prediction(0.5, 0.4), 1.0)):
         with pytest.raises(grpc.RpcError) as refused:
             call()
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -224,7 +241,14 @@ def test_queue_errors_are_statuses_a_person_can_act_on(service):
     assert code(lambda: bo.release(rid))[0] == grpc.StatusCode.FAILED_PRECONDITION
     assert code(lambda: bo.release("missing"))[0] == grpc.StatusCode.NOT_FOUND
     assert store.stats()["total"] == 0  # nothing refused was stored
-    ana.release(rid)
+    ana.release(rid, keep_offering=True)  # put aside, not skipped: ana is offered it again
+    listing = ana.review_listing(hide_skipped=True)
+    assert [i.id for i in listing.items] == [rid] and listing.offered == 1
+    ana.claim(rid)
+    ana.release(rid)  # a skip: hidden from ana's listing, offered to bo
+    listing = ana.review_listing(hide_skipped=True)
+    assert list(listing.items) == [] and listing.offered == 0
+    assert bo.review_listing(hide_skipped=True).offered == 1
     assert bo.claim().id == rid
 
     wrong = admin.with_token("not-a-token")
@@ -245,7 +269,10 @@ def test_expert_and_review_commands(service, tmp_path, capsys):
 
 def test_priorities_put_the_least_certain_first():
     assert review.margin(prediction(0.5, 0.45))[0] > review.margin(prediction(0.9, 0.05))[0]
-    assert review.margin(prediction(0.5, 0.45))[1] == "uncertain: 3 50% and 1 45%"
+    # the words fit the figures: "uncertain" only when the top two are close
+    assert review.margin(prediction(0.5, 0.45))[1] == "uncertain: 3 50% or 1 45%"
+    assert review.margin(prediction(0.7, 0.2))[1] == "probably 3: 70%, then 1 20%"
+    assert review.margin(prediction(0.9, 0.05))[1] == "confident: 3 90%"
     flat, peaked = prediction(0.5, 0.4), prediction(0.5, 0.4)
     flat.attention.CopyFrom(wire.map_to_proto(np.full((8, 8), 0.5, np.float32)))
     peaked.attention.CopyFrom(wire.map_to_proto(np.eye(8, dtype=np.float32)))

@@ -13,6 +13,10 @@ answer carries a Content-Security-Policy that allows only the gateway's own
 scripts and styles; writes must be JSON from the gateway's own origin; request
 bodies are bounded. The API is described by OpenAPI (/api/openapi.json, for a
 signed-in expert, and docs/api.md).
+
+What the expert reads is plain: the services' messages lose server class names
+and bare ids (plain), a correction's state is said in words (_fate), and an
+upload unlike the model's training images is warned of (_unlike).
 """
 
 import base64
@@ -20,6 +24,7 @@ import binascii
 import io
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -35,9 +40,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from finetune import checkpoint
 from finetune.images import ImageError, open_image
 from handlers import wire
-from handlers.stubs.abn.v1 import review_pb2
+from handlers.stubs.abn.v1 import feedback_pb2, review_pb2
 from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
 from serving.client import Client
@@ -63,7 +69,38 @@ HTTP_OF = {
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 REFUSED_KEY = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 SIGN_IN = ("POST", "/api/session")  # the one API call without a session
+# Server class names (org.pytorch.serve....Exception:) and bare ids mean nothing to an expert: plain() drops them.
+CLASS_NAME = re.compile(r"\b(?:[a-z_][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error)\b:?\s*")
+NAMED_ID = re.compile(r"\b(review item|correction|feedback) '?(?=[0-9]*[a-f])[0-9a-f]{12,}'?")
+BARE_ID = re.compile(r"\s*'?\b(?=[0-9]*[a-f])[0-9a-f]{12,}\b'?")
+ID_WORDS = {"review item": "this item", "correction": "the correction", "feedback": "the correction"}
+RUN_ID = re.compile(r"(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)\d\dZ(?:-\d+)?")  # serving.retraining's run ids
+STATE_NAMES = {
+    feedback_pb2.FEEDBACK_STATE_PENDING: "pending",
+    feedback_pb2.FEEDBACK_STATE_CONSUMED: "consumed",
+    feedback_pb2.FEEDBACK_STATE_REJECTED: "rejected",
+    feedback_pb2.FEEDBACK_STATE_WITHDRAWN: "withdrawn",
+}
+# An upload this much larger or smaller than the model's inputs (per side), or of another shape by this
+# fraction, is warned of: the model sees it resized to its input size.
+UPLOAD_LARGER, UPLOAD_SMALLER, UPLOAD_SHAPE = 8.0, 0.5, 0.1
+COLOUR_SPREAD, COLOUR_SHARE = 16, 0.01  # a pixel whose channels differ by this is coloured; this share: a colour image
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """What a model's training images were like: their size, and grey (every channel's mean the same)."""
+
+    height: int
+    width: int
+    grey: bool
+
+
+def known_inputs(checkpoints: list[str] | list[Path]) -> dict[str, InputShape]:
+    """Model name -> its InputShape, from checkpoints' metadata."""
+    metas = [checkpoint.read_metadata(p) for p in checkpoints]
+    return {m["name"]: InputShape(m["input_size"][0], m["input_size"][1], len(set(m["mean"])) == 1) for m in metas}
 
 
 @dataclass
@@ -74,6 +111,7 @@ class EditorConfig:
     feedback: str = f"{settings.LOOPBACK}:{settings.FEEDBACK_PORT}"
     feedback_ca: str | None = None  # PEM of the feedback service's CA, when it serves TLS
     classes: dict[str, list[str]] = field(default_factory=dict)  # model name -> class names, for the class list
+    inputs: dict[str, InputShape] = field(default_factory=dict)  # model name -> its inputs, to warn of uploads
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS (and mark the cookie Secure)
     tls_key: str | None = None
 
@@ -114,6 +152,12 @@ class CorrectionIn(BaseModel):
     review_id: str = Field("", max_length=settings.MAX_TEXT, description="the claimed queue item, or:")
     image: str = Field("", description="an uploaded image's bytes, base64")
     attention: MapJSON
+    decided: str = Field(
+        "",
+        description="the pixels the expert decided: base64 of one byte per value of attention (1 = decided, "
+        "0 = don't care); empty: every pixel",
+    )
+    confirmed: bool = Field(False, description="the expert pressed 'The map is right': attention is the model's map")
     label: str = Field("", max_length=settings.MAX_TEXT, description="the class the expert chose")
     predicted_label: str = Field("", max_length=settings.MAX_TEXT)
     prediction_id: str = Field("", max_length=settings.MAX_TEXT)
@@ -185,14 +229,90 @@ def _open(image: bytes):
     try:
         return open_image(image, "image")
     except ImageError as e:
-        raise HTTPException(400, f"The image cannot be used: {e}") from None
+        raise HTTPException(400, f"The image cannot be used: {plain(str(e))}") from None
 
 
-def _decode(data: str) -> bytes:
+def _decode(data: str, what: str = "The image") -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise HTTPException(400, "The image did not arrive intact (not base64); send the file again") from None
+        raise HTTPException(400, f"{what} did not arrive intact (not base64); send it again") from None
+
+
+def _mask(body: CorrectionIn) -> np.ndarray | None:
+    """The decided pixels of a correction (h x w bool), None for every pixel."""
+    if not body.decided:
+        return None
+    data = _decode(body.decided, "The painted pixels")
+    h, w = body.attention.height, body.attention.width
+    if len(data) != h * w:
+        raise HTTPException(400, f"The painted pixels are {len(data)} values for a {h}x{w} map")
+    return (np.frombuffer(data, np.uint8) != 0).reshape(h, w)
+
+
+def plain(message: str) -> str:
+    """A service's message without server class names and bare ids."""
+    message = CLASS_NAME.sub("", message)
+    message = NAMED_ID.sub(lambda m: ID_WORDS[m.group(1)], message)
+    return BARE_ID.sub("", message).strip()
+
+
+def _run_words(run: str) -> str:
+    m = RUN_ID.fullmatch(run)
+    return f"{m[1]}-{m[2]}-{m[3]} {m[4]}:{m[5]} UTC" if m else run
+
+
+def _fate(f: feedback_pb2.Feedback) -> str:
+    """What became of a correction, in words."""
+    state, reason = STATE_NAMES.get(f.state, "pending"), plain(f.reason)
+    if state == "consumed":
+        now_in = f", now in version {f.promoted_version}" if f.promoted_version else ""
+        return f"Used by the retraining run of {_run_words(f.consumed_by)}{now_in}"
+    if state == "rejected":
+        by = f"the retraining run of {_run_words(f.rejected_by)}" if RUN_ID.fullmatch(f.rejected_by) else "an operator"
+        return f"Rejected by {by}" + (f": {reason}" if reason else "")
+    if state == "withdrawn":
+        return "Withdrawn by you: no run will use it"
+    return f"Held back: {reason}" if reason else "Waiting for the next retraining run"
+
+
+def _correction_json(f: feedback_pb2.Feedback) -> dict:
+    return {
+        "id": f.id,
+        "created": f.created_time.ToNanoseconds() / 1e9,
+        "label": f.label,
+        "predicted_label": f.predicted_label,
+        "model_name": f.model_name,
+        "model_version": f.model_version,
+        "confirmed": f.confirmed,
+        "state": STATE_NAMES.get(f.state, "pending"),
+        "held_back": f.state == feedback_pb2.FEEDBACK_STATE_PENDING and bool(f.reason),
+        "fate": _fate(f),
+    }
+
+
+def _unlike(image, shape: InputShape | None) -> list[str]:
+    """Plain warnings when an uploaded image does not look like the model's training images (size, colour)."""
+    if shape is None:
+        return []
+    (iw, ih), (w, h) = image.size, (shape.width, shape.height)
+    trained = f"the model was trained on {w}x{h} {'greyscale' if shape.grey else 'colour'} images"
+    warnings = []
+    if abs(iw / ih - w / h) > UPLOAD_SHAPE * w / h:
+        warnings.append(f"This image is {iw}x{ih}, another shape: {trained} and sees it squeezed to {w}x{h}.")
+    elif min(iw / w, ih / h) > UPLOAD_LARGER:
+        warnings.append(f"This image is {iw}x{ih}, much larger: {trained} and sees it shrunk, without fine detail.")
+    elif max(iw / w, ih / h) < UPLOAD_SMALLER:
+        warnings.append(f"This image is {iw}x{ih}, smaller: {trained} and sees it enlarged.")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    coloured = float((rgb.max(axis=2) - rgb.min(axis=2) > COLOUR_SPREAD).mean()) > COLOUR_SHARE
+    if coloured and shape.grey:
+        warnings.append(f"This image is in colour, but {trained}: it may not predict this well.")
+    elif not coloured and not shape.grey:
+        warnings.append(f"This image is greyscale, but {trained}: it may not predict this well.")
+    if warnings:
+        warnings.append("Its prediction and map may mean little.")
+    return warnings
 
 
 # ---- sessions
@@ -322,7 +442,7 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
         status, words = HTTP_OF.get(code, (502, "The service failed"))
         if status == 401:  # the expert's token was removed: the session ends with it
             sessions.end(request.cookies.get(COOKIE))
-        return JSONResponse({"detail": f"{words}: {e.details()}"}, status)
+        return JSONResponse({"detail": f"{words}: {plain(e.details() or '')}"}, status)
 
     @app.exception_handler(Exception)
     async def fault(request: Request, e: Exception):
@@ -403,9 +523,11 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
 
     @app.get("/api/queue", tags=["queue"])
     def queue(s: Signed, model: str = "", label: str = "", limit: int = settings.REVIEW_LIST_DEFAULT) -> dict:
-        """Items waiting for review, highest priority first; items other experts hold are left out."""
+        """What Open next would give the expert, highest priority first, and the items they hold; left: how many
+        Open next would give them now (items other experts hold, or they skipped, are left out)."""
         limit = max(1, min(limit, settings.REVIEW_LIST_MAX))
-        return {"items": [_summary(i, s.expert) for i in feedback(s).review_items(model, label, limit)]}
+        listing = feedback(s).review_listing(model, label, limit, hide_skipped=True)
+        return {"items": [_summary(i, s.expert) for i in listing.items], "left": listing.offered}
 
     @app.get("/api/queue/{review_id}/image", tags=["queue"], response_class=Response)
     def queue_image(review_id: str, s: Signed) -> Response:
@@ -430,6 +552,11 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
         """Give the item back: it waits for the other experts."""
         feedback(s).release(review_id)
 
+    @app.post("/api/queue/{review_id}/release", status_code=204, tags=["queue"])
+    def release(review_id: str, s: Signed) -> None:
+        """Give the item back without skipping it (the expert went to another): it may be offered to them again."""
+        feedback(s).release(review_id, keep_offering=True)
+
     def _image(body: PredictIn | CorrectionIn, s: Session) -> tuple[bytes, str]:
         """The image the request names, and the model that predicted it (cfg.model for an upload)."""
         if bool(body.review_id) == bool(body.image):
@@ -442,27 +569,29 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
     @app.post("/api/predict", tags=["predictions"])
     def predict(body: PredictIn, s: Signed) -> dict:
         """Classify a queue item's image (by the item's model) or an uploaded one; with attention, apply that
-        map (Try it)."""
+        map (Try it). warnings: for an upload unlike the model's training images (size, colour), in words."""
         image, model = _image(body, s)
+        warnings = [] if body.review_id or body.attention else _unlike(_open(image), cfg.inputs.get(model))
         attention = _map_array(body.attention) if body.attention else None
         try:
             p = client.predict(image, settings.EDITOR_TOP_K, attention, model=model)
         except grpc.RpcError as e:  # TorchServe's answer: never a reason to end the expert's session
             code, details = e.code(), e.details()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise HTTPException(400, f"The model refused the image: {details}") from None
+                raise HTTPException(400, f"The model refused the image: {plain(details or '')}") from None
             if code in UNREACHABLE:
                 raise HTTPException(503, "The editor cannot reach the model server now; try again soon") from None
             if code in REFUSED_KEY:
                 raise HTTPException(503, "The model server refuses the editor's key; tell the operator") from None
             logger.warning("prediction failed: %s: %s", code, details)
-            raise HTTPException(502, f"The model server failed: {details}") from None
-        return _prediction_json(p)
+            raise HTTPException(502, f"The model server failed: {plain(details or '')}") from None
+        return {**_prediction_json(p), "warnings": warnings}
 
     @app.post("/api/corrections", tags=["corrections"])
     def correct(body: CorrectionIn, s: Signed) -> dict:
-        """Store the painted map (and class) as a correction by the signed-in expert; for a queue item, this
-        closes it. A retry with the same idempotency_key stores nothing new."""
+        """Store the painted map, the pixels decided and the class as a correction by the signed-in expert (or
+        the model's map, confirmed); for a queue item, this closes it. A retry with the same idempotency_key
+        stores nothing new."""
         made_by = Prediction(
             prediction_id=body.prediction_id, model_name=body.model_name, model_version=body.model_version
         )
@@ -474,8 +603,26 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
             idempotency_key=body.idempotency_key,
             predicted_label=body.predicted_label,
             review_id=body.review_id,
+            decided=_mask(body),
+            confirmed=body.confirmed,
         )
         return {"id": answer.id, "created": answer.created}
+
+    @app.post("/api/corrections/{feedback_id}/withdraw", tags=["corrections"])
+    def withdraw(feedback_id: str, s: Signed) -> dict:
+        """Take back one of the expert's own corrections while it is pending: no retraining run will use it."""
+        return _correction_json(feedback(s).withdraw(feedback_id))
+
+    @app.get("/api/corrections/mine", tags=["corrections"])
+    def mine(s: Signed, since: float = 0.0) -> dict:
+        """The expert's own corrections (since: unix seconds), newest first, each with what became of it in
+        words (fate); totals: all of theirs by state, and how many were confirmations."""
+        client = feedback(s)
+        items = [_correction_json(f) for f in client.list(since=since or None, metadata_only=True, author=s.expert)]
+        stats = client.stats(author=s.expert)
+        totals = {"total": stats.total, "confirmations": stats.confirmations, **{k: 0 for k in STATE_NAMES.values()}}
+        totals.update({c.key: c.count for c in stats.by_state})
+        return {"items": items[::-1], "totals": totals}
 
     return app
 

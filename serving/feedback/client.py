@@ -71,13 +71,18 @@ class FeedbackClient:
         model_version: str = "",
         predicted_label: str = "",
         review_id: str = "",
+        decided: np.ndarray | None = None,
+        confirmed: bool = False,
     ) -> feedback_pb2.SubmitFeedbackResponse:
         """Send a corrected map (h x w in [0, 1], the image's aspect ratio) for an image; label corrects the
         class. With prediction, the correction names the prediction, its model and its top class. review_id
-        closes the review item the author holds."""
+        closes the review item the author holds. decided (h x w bool): the pixels the expert decided, the rest
+        being "don't care"; None: every pixel. confirmed: the map is the model's, confirmed as right."""
         request = feedback_pb2.SubmitFeedbackRequest(
             image=image,
             attention=wire.map_to_proto(attention),
+            decided=wire.mask_to_bytes(decided),
+            confirmed=confirmed,
             label=label,
             author=author,
             idempotency_key=idempotency_key or uuid.uuid4().hex,
@@ -109,10 +114,16 @@ class FeedbackClient:
         return self._stub.GetFeedback(request, metadata=self._metadata, timeout=self.timeout).feedback
 
     def list(
-        self, since: float | None = None, pending: bool | None = None, model_name: str = "", metadata_only: bool = False
+        self,
+        since: float | None = None,
+        pending: bool | None = None,
+        model_name: str = "",
+        metadata_only: bool = False,
+        author: str = "",
     ) -> Iterator[feedback_pb2.Feedback]:
-        """Stored corrections, oldest first; since = unix seconds; pending True/False filters by state."""
-        request = feedback_pb2.ListFeedbackRequest(model_name=model_name, metadata_only=metadata_only)
+        """Stored corrections, oldest first; since = unix seconds; pending True/False filters by state; author:
+        only theirs (an expert's token lists its expert's own only)."""
+        request = feedback_pb2.ListFeedbackRequest(model_name=model_name, metadata_only=metadata_only, author=author)
         if since is not None:
             request.since.FromNanoseconds(int(since * 1e9))
         if pending is not None:
@@ -120,9 +131,15 @@ class FeedbackClient:
         for answer in self._stub.ListFeedback(request, metadata=self._metadata, timeout=self.timeout):
             yield answer.feedback
 
-    def stats(self, model_name: str = "") -> feedback_pb2.GetFeedbackStatsResponse:
-        request = feedback_pb2.GetFeedbackStatsRequest(model_name=model_name)
+    def stats(self, model_name: str = "", author: str = "") -> feedback_pb2.GetFeedbackStatsResponse:
+        request = feedback_pb2.GetFeedbackStatsRequest(model_name=model_name, author=author)
         return self._stub.GetFeedbackStats(request, metadata=self._metadata, timeout=self.timeout)
+
+    def withdraw(self, feedback_id: str, author: str = "") -> feedback_pb2.Feedback:
+        """Take back a pending correction of one's own; author names its author when the token is the service's.
+        The correction as it is now, without image and map."""
+        request = feedback_pb2.WithdrawFeedbackRequest(id=feedback_id, author=author)
+        return self._call(self._stub.WithdrawFeedback, request).feedback
 
     def _call(self, method, request):
         return method(request, metadata=self._metadata, timeout=self.timeout)
@@ -136,8 +153,17 @@ class FeedbackClient:
 
     def review_items(self, model_name: str = "", label: str = "", limit: int = 0) -> Sequence[review_pb2.ReviewItem]:
         """Items waiting for review, highest priority first, without images."""
-        request = review_pb2.ListReviewItemsRequest(model_name=model_name, label=label, limit=limit)
-        return list(self._call(self._review.ListReviewItems, request).items)
+        return list(self.review_listing(model_name, label, limit).items)
+
+    def review_listing(
+        self, model_name: str = "", label: str = "", limit: int = 0, hide_skipped: bool = False
+    ) -> review_pb2.ListReviewItemsResponse:
+        """The waiting items (hide_skipped: not those the caller skipped), and how many the caller would be
+        offered (offered)."""
+        request = review_pb2.ListReviewItemsRequest(
+            model_name=model_name, label=label, limit=limit, hide_skipped=hide_skipped
+        )
+        return self._call(self._review.ListReviewItems, request)
 
     def review_item(self, review_id: str) -> review_pb2.ReviewItem:
         return self._call(self._review.GetReviewItem, review_pb2.GetReviewItemRequest(id=review_id)).item
@@ -150,8 +176,10 @@ class FeedbackClient:
         request = review_pb2.ClaimReviewItemRequest(id=review_id, model_name=model_name, label=label, expert=expert)
         return self._call(self._review.ClaimReviewItem, request).item
 
-    def release(self, review_id: str, expert: str = "") -> None:
-        self._call(self._review.ReleaseReviewItem, review_pb2.ReleaseReviewItemRequest(id=review_id, expert=expert))
+    def release(self, review_id: str, expert: str = "", keep_offering: bool = False) -> None:
+        """Give a claimed item back: a skip, or with keep_offering, put aside (it may be offered again)."""
+        request = review_pb2.ReleaseReviewItemRequest(id=review_id, expert=expert, keep_offering=keep_offering)
+        self._call(self._review.ReleaseReviewItem, request)
 
     def caller(self) -> str:
         """The expert this client's token belongs to; empty for the service token."""

@@ -41,7 +41,15 @@ from serving.feedback.service import (
     NotSignedIn,
     ReviewService,
 )
-from serving.feedback.store import ClaimError, ConflictError, FeedbackStore, NotFoundError, StoreUnavailable
+from serving.feedback.store import (
+    ClaimError,
+    ConflictError,
+    FeedbackStore,
+    NotAuthorError,
+    NotFoundError,
+    StateError,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -52,6 +60,8 @@ UNAVAILABLE_MESSAGE = (
 # Exceptions a call may raise, in the order they are matched, with their status; None keeps their message.
 STATUSES: list[tuple[tuple[type[Exception], ...], grpc.StatusCode, str | None]] = [
     ((StoreUnavailable,), grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE),
+    ((StateError,), grpc.StatusCode.FAILED_PRECONDITION, None),  # before ConflictError: they are ones
+    ((NotAuthorError,), grpc.StatusCode.PERMISSION_DENIED, None),
     ((ConflictError,), grpc.StatusCode.ALREADY_EXISTS, None),
     ((NotFoundError,), grpc.StatusCode.NOT_FOUND, None),
     ((ClaimError,), grpc.StatusCode.FAILED_PRECONDITION, None),
@@ -87,7 +97,10 @@ class TokenAuth(grpc.ServerInterceptor):
     and reflection; an expert's token opens EXPERT_METHODS only."""
 
     MESSAGE = "missing or wrong token: send metadata `authorization: Bearer <token>`"
-    EXPERT_MESSAGE = "an expert's token may send corrections and work the review queue; this call needs the service's"
+    EXPERT_MESSAGE = (
+        "an expert's token may send, list and withdraw their own corrections and work the review queue; this call "
+        "needs the service's"
+    )
 
     def __init__(self, identities: Identities):
         self.identities = identities

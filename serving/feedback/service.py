@@ -23,16 +23,27 @@ from handlers import wire
 from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc, review_pb2, review_pb2_grpc
 from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
-from serving.feedback.store import FeedbackStore, Item, NotFoundError, ReviewEntry, is_plain_name, token_hash
+from serving.feedback.store import (
+    FeedbackStore,
+    Item,
+    NotAuthorError,
+    NotFoundError,
+    ReviewEntry,
+    is_plain_name,
+    token_hash,
+)
 
 SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
 REVIEW_SERVICE = review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name
-# What an expert's token may call: correct, and work the queue. Reading every correction, the counts, or
-# filling the queue takes the service's token.
+# What an expert's token may call: correct, list, count and withdraw their own corrections, and work the queue.
+# Reading every correction, or filling the queue, takes the service's token.
 EXPERT_METHODS = frozenset(
     f"/{service}/{method}"
     for service, method in (
         (SERVICE, "SubmitFeedback"),
+        (SERVICE, "ListFeedback"),
+        (SERVICE, "GetFeedbackStats"),
+        (SERVICE, "WithdrawFeedback"),
         (REVIEW_SERVICE, "ListReviewItems"),
         (REVIEW_SERVICE, "GetReviewItem"),
         (REVIEW_SERVICE, "ClaimReviewItem"),
@@ -57,21 +68,34 @@ def _timestamp(seconds: float) -> Timestamp:
     return t
 
 
+# The store's state names and the API's.
+STATES = {
+    "pending": feedback_pb2.FEEDBACK_STATE_PENDING,
+    "consumed": feedback_pb2.FEEDBACK_STATE_CONSUMED,
+    "rejected": feedback_pb2.FEEDBACK_STATE_REJECTED,
+    "withdrawn": feedback_pb2.FEEDBACK_STATE_WITHDRAWN,
+}
+_STATE_NAMES = {number: name for name, number in STATES.items()}
+NO_DECISION = (
+    "decided: the correction decides no pixel: paint at least one stroke, or confirm that the map is right (confirmed)"
+)
+
+
 def _message(item: Item, with_data: bool = True) -> feedback_pb2.Feedback:
     return feedback_pb2.Feedback(
         id=item.id,
         image=item.image if with_data else b"",
         image_sha256=item.image_sha256,
         attention=wire.map_to_proto(item.attention) if with_data else None,
+        decided=wire.mask_to_bytes(item.decided) if with_data else b"",
+        confirmed=item.confirmed,
         **{name: getattr(item, name) for name in TEXT_FIELDS},
         created_time=_timestamp(item.created),
         consumed_by=item.consumed_by or "",
         rejected_by=item.rejected_by or "",
-        state=feedback_pb2.FEEDBACK_STATE_CONSUMED
-        if item.consumed_by
-        else feedback_pb2.FEEDBACK_STATE_REJECTED
-        if item.rejected_by
-        else feedback_pb2.FEEDBACK_STATE_PENDING,
+        state=STATES[item.state],
+        reason=item.reason,
+        promoted_version=item.promoted_version,
     )
 
 
@@ -129,13 +153,26 @@ def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]
         check_aspect((attention.shape[1], attention.shape[0]), image.size, "attention")
     except ImageError as e:
         raise wire.WireError(str(e)) from e
+    decided = wire.mask_from_bytes(r.decided, attention.shape)
+    if r.confirmed and decided is not None and not decided.all():
+        raise wire.WireError(
+            "decided: a confirmation (confirmed) decides every pixel as shown; send it without a mask, or send "
+            "the strokes without confirmed"
+        )
+    if decided is not None and not decided.any():
+        raise wire.WireError(NO_DECISION)
     known = classes.get(r.model_name)
     for name in ("label", "predicted_label"):
         value = getattr(r, name)
         if value and known is not None and value not in known:
             raise wire.WireError(f"{name}: {value!r} is not a class of model {r.model_name!r} ({', '.join(known)})")
     return Item(
-        image=r.image, attention=attention, review_id=r.review_id, **{name: getattr(r, name) for name in TEXT_FIELDS}
+        image=r.image,
+        attention=attention,
+        decided=decided,
+        confirmed=r.confirmed,
+        review_id=r.review_id,
+        **{name: getattr(r, name) for name in TEXT_FIELDS},
     )
 
 
@@ -257,6 +294,15 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
         feedback_id, created = self.store.submit(item)
         return feedback_pb2.SubmitFeedbackResponse(id=feedback_id, created=created)
 
+    def _author(self, request, context) -> str:
+        """Whose corrections a call may see: an expert's token sees its expert's own only; the service's sees
+        request.author's, or everyone's when it names none."""
+        _check_text("author", request.author)
+        expert = self.identities.caller(context)
+        if expert and request.author not in ("", expert):
+            raise NotAuthorError(f"author: an expert's token sees {expert!r}'s own corrections only")
+        return expert or request.author
+
     def GetFeedback(self, request, context):
         item = self.store.get(request.id) if request.id else None
         if item is None:
@@ -264,21 +310,26 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
         return feedback_pb2.GetFeedbackResponse(feedback=_message(item))
 
     def ListFeedback(self, request, context) -> Iterator[feedback_pb2.ListFeedbackResponse]:
-        consumed = {feedback_pb2.FEEDBACK_STATE_PENDING: False, feedback_pb2.FEEDBACK_STATE_CONSUMED: True}
-        rejected = True if request.state == feedback_pb2.FEEDBACK_STATE_REJECTED else None
+        author = self._author(request, context)
+        if request.state and request.state not in _STATE_NAMES:
+            raise wire.WireError(f"state: {request.state} is not a FeedbackState")
         try:
             since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
         except ValueError as e:
             raise wire.WireError(f"since: {e}") from None
         for item in self.store.items(
-            since, consumed.get(request.state), request.model_name, not request.metadata_only, rejected
+            since,
+            model_name=request.model_name,
+            with_data=not request.metadata_only,
+            author=author,
+            state=_STATE_NAMES.get(request.state, ""),
         ):
             if not context.is_active():
                 return
             yield feedback_pb2.ListFeedbackResponse(feedback=_message(item, not request.metadata_only))
 
     def GetFeedbackStats(self, request, context):
-        s = self.store.stats(request.model_name)
+        s = self.store.stats(request.model_name, self._author(request, context))
 
         def counts(d: dict) -> list:
             return [feedback_pb2.Count(key=k, count=v) for k, v in d.items()]
@@ -290,7 +341,20 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
             by_model_version=counts(s["by_model_version"]),
             pending_images=s["pending_images"],
             conflicting_images=s["conflicting_images"],
+            by_author=counts(s["by_author"]),
+            confirmations=s["confirmations"],
         )
+
+    def WithdrawFeedback(self, request, context):
+        for name in ("id", "author"):
+            _check_text(name, getattr(request, name))
+        author = self.identities.caller(context) or request.author  # an expert withdraws only their own
+        if not author:
+            raise wire.WireError("author: name the correction's author (a call with the service token acts for one)")
+        if not request.id:
+            raise wire.WireError("id: empty; send the id SubmitFeedback returned")
+        item = self.store.withdraw(request.id, author)
+        return feedback_pb2.WithdrawFeedbackResponse(feedback=_message(item, with_data=False))
 
 
 class ReviewService(review_pb2_grpc.ReviewServiceServicer):
@@ -322,10 +386,12 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
         if request.limit > settings.REVIEW_LIST_MAX:
             raise wire.WireError(f"limit: at most {settings.REVIEW_LIST_MAX}, got {request.limit}")
         viewer = self.identities.caller(context)
-        entries = self.store.review_items(
-            request.model_name, request.label, request.limit or settings.REVIEW_LIST_DEFAULT, viewer
+        limit = request.limit or settings.REVIEW_LIST_DEFAULT
+        entries = self.store.review_items(request.model_name, request.label, limit, viewer, request.hide_skipped)
+        return review_pb2.ListReviewItemsResponse(
+            items=[_review_message(e, with_data=False) for e in entries],
+            offered=self.store.review_offered(viewer, request.model_name, request.label),
         )
-        return review_pb2.ListReviewItemsResponse(items=[_review_message(e, with_data=False) for e in entries])
 
     def GetReviewItem(self, request, context):
         _check_text("id", request.id)
@@ -347,7 +413,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
 
     def ReleaseReviewItem(self, request, context):
         _check_text("id", request.id)
-        self.store.release_review(request.id, self._expert(request, context))
+        self.store.release_review(request.id, self._expert(request, context), skip=not request.keep_offering)
         return review_pb2.ReleaseReviewItemResponse()
 
     def GetCaller(self, request, context):

@@ -5,8 +5,10 @@ is a SQLite file in WAL mode with synchronous=FULL, so a submission whose
 transaction committed survives a crash of the process or the machine;
 postgresql://... puts the same store in a PostgreSQL database. Images are stored
 once, keyed by SHA-256. The schema is versioned (SQLite's PRAGMA user_version,
-PostgreSQL's abn_schema table) and migrated on open. Each item records which
-retraining run consumed it.
+PostgreSQL's abn_schema table) and migrated on open. Each item keeps which
+pixels its expert decided (one bit per pixel; none when every pixel was) and
+its state: pending, consumed by a retraining run (and the version it
+promoted), rejected, or withdrawn by its author, with the reason in words.
 
 An outage of the database (the server gone, the file unreachable, the disk
 full) raises StoreUnavailable, and every connection opened before it is
@@ -95,6 +97,16 @@ _MIGRATIONS = [
     CREATE TABLE served (model_name TEXT PRIMARY KEY, archive TEXT NOT NULL, version TEXT NOT NULL,
                          updated {real} NOT NULL);
     """,
+    # which pixels the expert decided (bits, row-major; NULL: all, as every older row), confirmations, a
+    # correction its author took back (when), why an item is in its state, and the version its run promoted
+    """
+    ALTER TABLE feedback ADD COLUMN decided {blob};
+    ALTER TABLE feedback ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE feedback ADD COLUMN withdrawn {real};
+    ALTER TABLE feedback ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE feedback ADD COLUMN promoted_version TEXT NOT NULL DEFAULT '';
+    CREATE INDEX feedback_author ON feedback(author);
+    """,
 ]
 MIGRATIONS = [m.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL") for m in _MIGRATIONS]
 POSTGRES_MIGRATIONS = [
@@ -102,6 +114,19 @@ POSTGRES_MIGRATIONS = [
     for m in _MIGRATIONS
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# An item's state, from its columns; the first that applies wins (as Item.state).
+_STATE = (
+    "CASE WHEN consumed_by IS NOT NULL THEN 'consumed' WHEN rejected_by IS NOT NULL THEN 'rejected' "
+    "WHEN withdrawn IS NOT NULL THEN 'withdrawn' ELSE 'pending' END"
+)
+_PENDING = "consumed_by IS NULL AND rejected_by IS NULL AND withdrawn IS NULL"
+STATES = {  # state -> the condition that selects it
+    "pending": _PENDING,
+    "consumed": "consumed_by IS NOT NULL",
+    "rejected": "consumed_by IS NULL AND rejected_by IS NOT NULL",
+    "withdrawn": "consumed_by IS NULL AND rejected_by IS NULL AND withdrawn IS NOT NULL",
+}
+WITHDRAWN_REASON = "withdrawn by its author"
 _SCHEMA_LOCK = 0x61626E  # PostgreSQL advisory lock id ("abn") that serialises migrations
 
 
@@ -116,6 +141,15 @@ class ConflictError(ValueError):
 
 class NotFoundError(LookupError):
     """What a request names is not stored."""
+
+
+class StateError(ConflictError):
+    """A change that the item's state does not allow (withdrawing a consumed correction): the message says its
+    state."""
+
+
+class NotAuthorError(ConflictError):
+    """What only an item's author may do (withdraw it; see it with an expert's token), asked by someone else."""
 
 
 class ClaimError(ValueError):
@@ -143,6 +177,20 @@ class Item:
     consumed_by: str | None = None
     rejected_by: str | None = None  # the run (or operator) that set it aside; pending when neither is set
     review_id: str = ""  # the review item this closes; its claim must be the author's
+    decided: np.ndarray | None = None  # h x w bool, the pixels the expert decided; None: every pixel
+    confirmed: bool = False  # the expert confirmed the model's map as it was
+    withdrawn: float | None = None  # when its author took it back (while pending)
+    reason: str = ""  # why it is in its state, in words (rejected, held back, withdrawn)
+    promoted_version: str = ""  # the version the run that consumed it promoted
+
+    @property
+    def state(self) -> str:
+        """pending, consumed, rejected or withdrawn."""
+        if self.consumed_by is not None:
+            return "consumed"
+        if self.rejected_by is not None:
+            return "rejected"
+        return "withdrawn" if self.withdrawn is not None else "pending"
 
 
 @dataclass
@@ -205,20 +253,35 @@ class FeedbackStore(ABC):
         model_name: str = "",
         with_data: bool = True,
         rejected: bool | None = None,
+        author: str = "",
+        state: str = "",
     ) -> Iterator[Item]:
-        """Items oldest first. consumed=False: pending (neither consumed nor rejected); rejected=True: set aside."""
+        """Items oldest first. consumed=False: pending (neither consumed, rejected nor withdrawn); rejected=True:
+        set aside; state: one of STATES; author: only theirs. with_data=False leaves out images, maps and masks."""
 
     @abstractmethod
-    def stats(self, model_name: str = "") -> dict:
-        """{"total", "by_state", "by_label", "by_model_version", "pending_images", "conflicting_images"}."""
+    def stats(self, model_name: str = "", author: str = "") -> dict:
+        """{"total", "by_state", "by_label", "by_model_version", "by_author", "confirmations", "pending_images",
+        "conflicting_images"}, of model_name's and author's items when given."""
 
     @abstractmethod
-    def mark_consumed(self, ids: list[str], run: str) -> int:
-        """Record that run consumed these items; the number marked."""
+    def mark_consumed(self, ids: list[str], run: str, version: str = "") -> int:
+        """Record that run consumed these items (not withdrawn ones) and promoted version; the number marked."""
 
     @abstractmethod
-    def mark_rejected(self, ids: list[str], by: str) -> int:
-        """Set these pending items aside (a refused run, or an operator); the number marked."""
+    def mark_rejected(self, ids: list[str], by: str, reason: str = "") -> int:
+        """Set these pending items aside (a refused run, or an operator), saying why; the number marked."""
+
+    @abstractmethod
+    def set_reason(self, ids: list[str], reason: str) -> int:
+        """Say why these pending items were held back (consuming or rejecting them replaces it); the number
+        changed."""
+
+    @abstractmethod
+    def withdraw(self, feedback_id: str, author: str) -> Item:
+        """The item, taken back by its author while pending (without its image and map): retraining never uses
+        it. NotFoundError when there is no such item, NotAuthorError when author is not its author,
+        StateError when it is not pending."""
 
     @abstractmethod
     def requeue(self, ids: list[str]) -> int:
@@ -227,7 +290,7 @@ class FeedbackStore(ABC):
     @abstractmethod
     def ids_of(self, rejected: bool, author: str = "", rejected_by: str = "") -> list[str]:
         """The ids of pending (rejected=False) or rejected (True) items, of author and rejected by rejected_by
-        when given."""
+        when given. Withdrawn items are neither."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -254,9 +317,19 @@ class FeedbackStore(ABC):
 
     @abstractmethod
     def review_items(
-        self, model_name: str = "", label: str = "", limit: int = settings.REVIEW_LIST_DEFAULT, viewer: str = ""
+        self,
+        model_name: str = "",
+        label: str = "",
+        limit: int = settings.REVIEW_LIST_DEFAULT,
+        viewer: str = "",
+        hide_skipped: bool = False,
     ) -> list:
-        """Open items not claimed by anyone but viewer, highest priority first, without their images."""
+        """Open items not claimed by anyone but viewer, highest priority first, without their images;
+        hide_skipped leaves out the items viewer skipped."""
+
+    @abstractmethod
+    def review_offered(self, expert: str, model_name: str = "", label: str = "") -> int:
+        """How many open items claim_review would offer expert now: held by no one, not skipped by expert."""
 
     @abstractmethod
     def review_item(self, review_id: str) -> ReviewEntry | None: ...
@@ -275,9 +348,9 @@ class FeedbackStore(ABC):
         NotFoundError when there is no such item."""
 
     @abstractmethod
-    def release_review(self, review_id: str, expert: str) -> None:
-        """Give back expert's claim; expert will not be offered the item again. ClaimError if not held,
-        NotFoundError when there is no such item."""
+    def release_review(self, review_id: str, expert: str, skip: bool = True) -> None:
+        """Give back expert's claim; after a skip, expert will not be offered the item again. ClaimError if not
+        held, NotFoundError when there is no such item."""
 
     @abstractmethod
     def served(self, model_name: str) -> Served | None:
@@ -312,6 +385,23 @@ def _plain(value):
     return bytes(value) if isinstance(value, memoryview) else value
 
 
+def pack_decided(decided: np.ndarray | None, shape: tuple[int, ...]) -> bytes | None:
+    """What the store keeps of a mask of decided pixels: one bit per pixel, row-major; None when every pixel is
+    decided, so that an all-decided mask and no mask are stored (and compared on a retry) alike."""
+    if decided is None:
+        return None
+    mask = np.asarray(decided, dtype=bool)
+    if mask.shape != shape:
+        raise ValueError(f"decided: a {mask.shape} mask for a {shape} map")
+    return None if mask.all() else np.packbits(mask, axis=None).tobytes()
+
+
+def unpack_decided(packed, shape: tuple[int, int]) -> np.ndarray | None:
+    if packed is None:
+        return None
+    return np.unpackbits(np.frombuffer(packed, np.uint8), count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+
 def _check_version(version: int, where: str) -> None:
     if version > SCHEMA_VERSION:
         raise RuntimeError(
@@ -326,15 +416,18 @@ class _SQLStore(FeedbackStore):
 
     _COLUMNS = (
         "f.id, f.idempotency_key, f.image_sha256, f.map_height, f.map_width, f.label, f.predicted_label, "
-        "f.prediction_id, f.model_name, f.model_version, f.author, f.created, f.consumed_by, f.rejected_by"
+        "f.prediction_id, f.model_name, f.model_version, f.author, f.created, f.consumed_by, f.rejected_by, "
+        "f.confirmed, f.withdrawn, f.reason, f.promoted_version"
     )
+    _DATA = "i.data, f.map_values, f.decided"  # what with_data adds
     _PAGE = 200  # items() reads this many rows per query
     # The columns a submission's idempotency key vouches for: a retry must send the same.
     _PAYLOAD = ("image_sha256", "map_height", "map_width", "map_values", "label", "predicted_label", "prediction_id",
-                "model_name", "model_version", "author")  # fmt: skip
+                "model_name", "model_version", "author", "decided", "confirmed")  # fmt: skip
+    _STATE_COLUMNS = ("created", "consumed_by", "rejected_by", "withdrawn", "reason", "promoted_version")
     _INSERT = (
-        f"INSERT INTO feedback (id, idempotency_key, {', '.join(_PAYLOAD)}, created, consumed_by, rejected_by)"
-        f" VALUES ({', '.join('?' * (len(_PAYLOAD) + 5))}) ON CONFLICT DO NOTHING RETURNING id"
+        f"INSERT INTO feedback (id, idempotency_key, {', '.join(_PAYLOAD)}, {', '.join(_STATE_COLUMNS)})"
+        f" VALUES ({', '.join('?' * (len(_PAYLOAD) + len(_STATE_COLUMNS) + 2))}) ON CONFLICT DO NOTHING RETURNING id"
     )
     _BY_KEY = f"SELECT id, {', '.join(_PAYLOAD)} FROM feedback WHERE idempotency_key = ?"
 
@@ -436,7 +529,16 @@ class _SQLStore(FeedbackStore):
 
     @staticmethod
     def _new(item: Item) -> Item:
-        return dataclasses.replace(item, id=uuid.uuid4().hex, created=time.time(), consumed_by=None, rejected_by=None)
+        return dataclasses.replace(
+            item,
+            id=uuid.uuid4().hex,
+            created=time.time(),
+            consumed_by=None,
+            rejected_by=None,
+            withdrawn=None,
+            reason="",
+            promoted_version="",
+        )
 
     def restore(self, item: Item) -> tuple[str, bool]:
         with self._transaction():  # a conflict raised inside rolls back the image inserted too
@@ -449,13 +551,13 @@ class _SQLStore(FeedbackStore):
         key = item.idempotency_key or None
         # what a retry must repeat exactly, in the order of _PAYLOAD
         payload = (sha, values.shape[0], values.shape[1], values.tobytes(), item.label, item.predicted_label,
-                   item.prediction_id, item.model_name, item.model_version, item.author)  # fmt: skip
+                   item.prediction_id, item.model_name, item.model_version, item.author,
+                   pack_decided(item.decided, values.shape), int(item.confirmed))  # fmt: skip
         self._execute("INSERT INTO images (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", (sha, item.image))
         # DO NOTHING when the key (or id) is taken, rather than an error: with PostgreSQL, a concurrent
         # submission with the same key waits here for the first to commit, then the lookup below finds it.
-        inserted = self._execute(
-            self._INSERT, (item.id, key, *payload, item.created, item.consumed_by, item.rejected_by)
-        ).fetchall()
+        state = (item.created, item.consumed_by, item.rejected_by, item.withdrawn, item.reason, item.promoted_version)
+        inserted = self._execute(self._INSERT, (item.id, key, *payload, *state)).fetchall()
         if inserted:
             if item.review_id:
                 self._close_review(item.review_id, item.author, item.id, sha)
@@ -472,8 +574,9 @@ class _SQLStore(FeedbackStore):
         return stored[0], False
 
     def _item(self, row: tuple, data: tuple | None) -> Item:
-        (fid, key, sha, h, w, label, predicted, pid, model, version, author, created, consumed, rejected) = row
-        image, values = data if data else (b"", None)
+        (fid, key, sha, h, w, label, predicted, pid, model, version, author, created, consumed, rejected,
+         confirmed, withdrawn, reason, promoted) = row  # fmt: skip
+        image, values, decided = data if data else (b"", None, None)
         attention = (
             np.frombuffer(values, dtype="<f4").reshape(h, w).copy()
             if values is not None
@@ -494,15 +597,21 @@ class _SQLStore(FeedbackStore):
             created=created,
             consumed_by=consumed,
             rejected_by=rejected,
+            decided=unpack_decided(decided, (h, w)),
+            confirmed=bool(confirmed),
+            withdrawn=withdrawn,
+            reason=reason,
+            promoted_version=promoted,
         )
 
-    def get(self, feedback_id: str) -> Item | None:
+    def get(self, feedback_id: str, with_data: bool = True) -> Item | None:
+        data = f", {self._DATA}" if with_data else ""
         row = self._execute(
-            f"SELECT {self._COLUMNS}, i.data, f.map_values FROM feedback f "
-            "JOIN images i ON i.sha256 = f.image_sha256 WHERE f.id = ?",
+            f"SELECT {self._COLUMNS}{data} FROM feedback f JOIN images i ON i.sha256 = f.image_sha256 WHERE f.id = ?",
             (feedback_id,),
         ).fetchone()
-        return None if row is None else self._item(row[:-2], row[-2:])
+        n = self._COLUMNS.count(",") + 1
+        return None if row is None else self._item(row[:n], row[n:] if with_data else None)
 
     def items(
         self,
@@ -511,17 +620,22 @@ class _SQLStore(FeedbackStore):
         model_name: str = "",
         with_data: bool = True,
         rejected: bool | None = None,
+        author: str = "",
+        state: str = "",
     ) -> Iterator[Item]:
         where = ["f.seq > ?", "f.created >= ?"]
         args: list[float | str] = [since]
         if consumed is not None:
-            where.append("f.consumed_by IS NOT NULL" if consumed else "f.consumed_by IS NULL AND f.rejected_by IS NULL")
+            where.append(STATES["consumed"] if consumed else _PENDING)
         if rejected is not None:
             where.append("f.rejected_by IS NOT NULL" if rejected else "f.rejected_by IS NULL")
-        if model_name:
-            where.append("f.model_name = ?")
-            args.append(model_name)
-        data = ", i.data, f.map_values" if with_data else ""
+        if state:
+            where.append(STATES[state])
+        for column, value in (("model_name", model_name), ("author", author)):
+            if value:
+                where.append(f"f.{column} = ?")
+                args.append(value)
+        data = f", {self._DATA}" if with_data else ""
         query = (
             f"SELECT f.seq, {self._COLUMNS}{data} FROM feedback f JOIN images i ON i.sha256 = f.image_sha256 "
             f"WHERE {' AND '.join(where)} ORDER BY f.seq LIMIT {self._PAGE}"
@@ -536,29 +650,37 @@ class _SQLStore(FeedbackStore):
                 return
             last = rows[-1][0]
 
-    def stats(self, model_name: str = "") -> dict:
-        where, args = ("WHERE model_name = ?", [model_name]) if model_name else ("", [])
+    @staticmethod
+    def _filters(model_name: str, author: str) -> tuple[list[str], list[str]]:
+        """The conditions (and their arguments) that keep model_name's and author's items, when given."""
+        named = [(column, value) for column, value in (("model_name", model_name), ("author", author)) if value]
+        return [f"{column} = ?" for column, _ in named], [value for _, value in named]
+
+    def stats(self, model_name: str = "", author: str = "") -> dict:
+        conditions, args = self._filters(model_name, author)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
 
         def counts(expr: str) -> dict:  # sorted here: the databases' collations would order differently
             return dict(sorted(self._execute(f"SELECT {expr}, COUNT(*) FROM feedback {where} GROUP BY 1", args)))
 
+        total, confirmations = self._execute(
+            f"SELECT COUNT(*), COALESCE(SUM(confirmed), 0) FROM feedback {where}", args
+        ).fetchone()
         return {
-            "total": self._execute(f"SELECT COUNT(*) FROM feedback {where}", args).fetchone()[0],
-            "by_state": counts(
-                "CASE WHEN consumed_by IS NOT NULL THEN 'consumed' WHEN rejected_by IS NOT NULL THEN 'rejected' "
-                "ELSE 'pending' END"
-            ),
+            "total": total,
+            "by_state": counts(_STATE),
             "by_label": counts("CASE WHEN label != '' THEN label ELSE predicted_label END"),
             "by_model_version": counts("model_name || ':' || model_version"),
-            **self._pending_images(model_name),
+            "by_author": counts("author"),
+            "confirmations": int(confirmations),
+            **self._pending_images(model_name, author),
         }
 
-    def _pending_images(self, model_name: str) -> dict:
+    def _pending_images(self, model_name: str, author: str = "") -> dict:
         """Distinct images among the pending corrections (per model), and those that different authors corrected
         differently (label or map): retraining counts an image once, its latest correction winning."""
-        where, args = "consumed_by IS NULL AND rejected_by IS NULL", []
-        if model_name:
-            where, args = where + " AND model_name = ?", [model_name]
+        conditions, args = self._filters(model_name, author)
+        where = " AND ".join([_PENDING, *conditions])
         row = self._execute(
             "SELECT COUNT(*), COALESCE(SUM(conflict), 0) FROM (SELECT CASE WHEN COUNT(DISTINCT author) > 1 AND "
             "(COUNT(DISTINCT CASE WHEN label != '' THEN label ELSE predicted_label END) > 1 "
@@ -572,20 +694,47 @@ class _SQLStore(FeedbackStore):
         with self._transaction():
             return sum(self._execute(sql, (*first, i)).rowcount for i in ids)
 
-    def mark_consumed(self, ids: list[str], run: str) -> int:
-        sql = "UPDATE feedback SET consumed_by = ? WHERE consumed_by IS NULL AND id = ?"
-        return self._update_each(sql, (run,), ids)
+    def mark_consumed(self, ids: list[str], run: str, version: str = "") -> int:
+        sql = (
+            "UPDATE feedback SET consumed_by = ?, promoted_version = ?, reason = '' "
+            "WHERE consumed_by IS NULL AND withdrawn IS NULL AND id = ?"
+        )
+        return self._update_each(sql, (run, version), ids)
 
-    def mark_rejected(self, ids: list[str], by: str) -> int:
-        sql = "UPDATE feedback SET rejected_by = ? WHERE consumed_by IS NULL AND rejected_by IS NULL AND id = ?"
-        return self._update_each(sql, (by,), ids)
+    def mark_rejected(self, ids: list[str], by: str, reason: str = "") -> int:
+        sql = f"UPDATE feedback SET rejected_by = ?, reason = ? WHERE {_PENDING} AND id = ?"
+        return self._update_each(sql, (by, reason), ids)
+
+    def set_reason(self, ids: list[str], reason: str) -> int:
+        return self._update_each(f"UPDATE feedback SET reason = ? WHERE {_PENDING} AND id = ?", (reason,), ids)
 
     def requeue(self, ids: list[str]) -> int:
-        sql = "UPDATE feedback SET rejected_by = NULL WHERE rejected_by IS NOT NULL AND id = ?"
+        sql = "UPDATE feedback SET rejected_by = NULL, reason = '' WHERE rejected_by IS NOT NULL AND id = ?"
         return self._update_each(sql, (), ids)
 
+    def withdraw(self, feedback_id: str, author: str) -> Item:
+        with self._transaction():
+            withdrawn = self._execute(
+                f"UPDATE feedback SET withdrawn = ?, reason = ? WHERE id = ? AND author = ? AND {_PENDING}",
+                (time.time(), WITHDRAWN_REASON, feedback_id, author),
+            ).rowcount
+            item = self.get(feedback_id, with_data=False)
+        if item is None:
+            raise NotFoundError(f"id: no feedback {feedback_id[:64]!r}")
+        if withdrawn:
+            return item
+        if item.author != author:
+            raise NotAuthorError(
+                f"correction {item.id} is {item.author or 'nobody'}'s, not {author or 'nobody'}'s: only its author "
+                "may withdraw it"
+            )
+        by = {"consumed": f" by run {item.consumed_by}", "rejected": f" by {item.rejected_by}"}.get(item.state, "")
+        raise StateError(
+            f"correction {item.id} is {item.state}{by}, no longer pending: only a pending correction can be withdrawn"
+        )
+
     def ids_of(self, rejected: bool, author: str = "", rejected_by: str = "") -> list[str]:
-        where = ["rejected_by IS NOT NULL" if rejected else "rejected_by IS NULL AND consumed_by IS NULL"]
+        where = ["rejected_by IS NOT NULL" if rejected else _PENDING]
         args = []
         for column, value in (("author", author), ("rejected_by", rejected_by)):
             if value:
@@ -691,17 +840,37 @@ class _SQLStore(FeedbackStore):
             args.append(label)
         return where, args
 
+    _NOT_SKIPPED = "NOT EXISTS (SELECT 1 FROM review_skips s WHERE s.review_id = r.id AND s.expert = ?)"
+
+    def _offer_where(self, expert: str, model_name: str, label: str) -> tuple[list[str], list]:
+        """What claim_review offers expert now: open, held by no one (or a lapsed lease), not skipped by expert."""
+        where, args = self._open_where(model_name, label)
+        return [*where, "(r.claimed_by IS NULL OR r.lease_until < ?)", self._NOT_SKIPPED], [*args, time.time(), expert]
+
     def review_items(
-        self, model_name: str = "", label: str = "", limit: int = settings.REVIEW_LIST_DEFAULT, viewer: str = ""
+        self,
+        model_name: str = "",
+        label: str = "",
+        limit: int = settings.REVIEW_LIST_DEFAULT,
+        viewer: str = "",
+        hide_skipped: bool = False,
     ) -> list:
         where, args = self._open_where(model_name, label)
         where.append("(r.claimed_by IS NULL OR r.lease_until < ? OR r.claimed_by = ?)")
+        args += [time.time(), viewer]
+        if hide_skipped:
+            where.append(self._NOT_SKIPPED)
+            args.append(viewer)
         rows = self._execute(
             f"SELECT {self._REVIEW_COLUMNS} FROM review r WHERE {' AND '.join(where)} "
             f"ORDER BY r.priority DESC, r.seq LIMIT {int(limit)}",
-            (*args, time.time(), viewer),
+            args,
         ).fetchall()
         return [self._entry(row) for row in rows]
+
+    def review_offered(self, expert: str, model_name: str = "", label: str = "") -> int:
+        where, args = self._offer_where(expert, model_name, label)
+        return self._execute(f"SELECT COUNT(*) FROM review r WHERE {' AND '.join(where)}", args).fetchone()[0]
 
     def review_item(self, review_id: str) -> ReviewEntry | None:
         row = self._execute(
@@ -725,19 +894,15 @@ class _SQLStore(FeedbackStore):
             "UPDATE review SET claimed_by = ?, lease_until = ? WHERE id = ? AND feedback_id IS NULL "
             "AND (claimed_by IS NULL OR lease_until < ? OR claimed_by = ?)"
         )
-        where, args = self._open_where(model_name, label)
-        where += [
-            "(r.claimed_by IS NULL OR r.lease_until < ?)",
-            "NOT EXISTS (SELECT 1 FROM review_skips s WHERE s.review_id = r.id AND s.expert = ?)",
-        ]
         for _ in range(settings.REVIEW_CLAIM_TRIES):
             now = time.time()
             if review_id:
                 candidate = review_id
             else:
+                where, args = self._offer_where(expert, model_name, label)
                 row = self._execute(
                     f"SELECT r.id FROM review r WHERE {' AND '.join(where)} ORDER BY r.priority DESC, r.seq LIMIT 1",
-                    (*args, now, expert),
+                    args,
                 ).fetchone()
                 if row is None:
                     return None
@@ -748,7 +913,7 @@ class _SQLStore(FeedbackStore):
                 self._not_held(review_id, expert, claiming=True)
         raise ClaimError("the queue is busy: other experts took every item tried; try again")
 
-    def release_review(self, review_id: str, expert: str) -> None:
+    def release_review(self, review_id: str, expert: str, skip: bool = True) -> None:
         with self._transaction():
             released = self._execute(
                 "UPDATE review SET claimed_by = NULL, lease_until = NULL WHERE id = ? AND claimed_by = ? "
@@ -757,9 +922,11 @@ class _SQLStore(FeedbackStore):
             ).rowcount
             if not released:
                 self._not_held(review_id, expert)
-            self._execute(
-                "INSERT INTO review_skips (review_id, expert) VALUES (?, ?) ON CONFLICT DO NOTHING", (review_id, expert)
-            )
+            if skip:
+                self._execute(
+                    "INSERT INTO review_skips (review_id, expert) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (review_id, expert),
+                )
 
     def served(self, model_name: str) -> Served | None:
         row = self._execute(

@@ -7,23 +7,27 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from serving.feedback.store import ConflictError, FeedbackStore, SQLiteStore, is_plain_name, open_store
+from serving.feedback.store import ConflictError, FeedbackStore, Item, SQLiteStore, is_plain_name, open_store
 
 
 def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
-    """Copy every item of source into target as it is: id, created time, consumed_by, idempotency key, image
-    and map. Ids the target holds already are skipped, but for their state: one that a retraining run consumed
-    in the source since the last copy is marked consumed in the target too. So a copy can be run again, after
-    an interruption or to catch up before switching stores. {"copied", "skipped", "marked_consumed"}."""
-    present = {item.id: item.consumed_by for item in target.items(with_data=False)}
+    """Copy every item of source into target as it is: id, created time, state, idempotency key, image, map
+    and mask. Ids the target holds already are skipped, but for their state: one that a retraining run consumed
+    (or its author withdrew) in the source since the last copy is marked so in the target too. So a copy can
+    be run again, after an interruption or to catch up before switching stores. {"copied", "skipped",
+    "marked_consumed", "marked_withdrawn"}."""
+    present = {item.id: item.state for item in target.items(with_data=False)}
     total = source.stats()["total"]
-    copied = skipped = marked = 0
+    copied = skipped = marked = withdrawn = 0
     with tqdm(total=total, unit="item", desc="copying feedback", disable=total < 1000) as progress:
         for item in source.items(with_data=False):
             if item.id in present:
                 skipped += 1
-                if item.consumed_by and present[item.id] is None:
-                    marked += target.mark_consumed([item.id], item.consumed_by)
+                if item.consumed_by and present[item.id] != "consumed":
+                    marked += target.mark_consumed([item.id], item.consumed_by, item.promoted_version)
+                elif item.state == "withdrawn" and present[item.id] == "pending":
+                    target.withdraw(item.id, item.author)
+                    withdrawn += 1
             else:
                 full = source.get(item.id)
                 if full is None:  # deleted since it was listed
@@ -36,19 +40,21 @@ def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
                     )
                 copied += created
             progress.update()
-    return {"copied": copied, "skipped": skipped, "marked_consumed": marked}
+    return {"copied": copied, "skipped": skipped, "marked_consumed": marked, "marked_withdrawn": withdrawn}
 
 
-def export_folder(store: FeedbackStore, out: str | Path, consumed: bool | None = None, model_name: str = "") -> dict:
+def export_folder(
+    store: FeedbackStore, out: str | Path, consumed: bool | None = None, model_name: str = "", author: str = ""
+) -> dict:
     """Write items as an image folder plus a maps folder, the format `abn train` and `abn finetune` read:
-    out/images/<class>/<id>.<ext> (the bytes as submitted) and out/maps/<class>/<id>.png. The class is the
-    corrected label, else the predicted one; items with neither are left out and counted, and so are items
-    whose class is no plain folder name (a store written before the service checked names), so that nothing
-    is written outside out."""
+    out/images/<class>/<id>.<ext> (the bytes as submitted) and out/maps/<class>/<id>.png (transparent where the
+    expert decided nothing). The class is the corrected label, else the predicted one; items with neither are
+    left out and counted, and so are items whose class is no plain folder name (a store written before the
+    service checked names), so that nothing is written outside out."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)  # the experts' images: their owner's only, when made here
     written, skipped, unsafe = 0, 0, 0
-    for item in store.items(consumed=consumed, model_name=model_name):
+    for item in store.items(consumed=consumed, model_name=model_name, author=author):
         cls = item.label or item.predicted_label
         if not cls:
             skipped += 1
@@ -60,9 +66,18 @@ def export_folder(store: FeedbackStore, out: str | Path, consumed: bool | None =
         for folder in ("images", "maps"):
             (out / folder / cls).mkdir(parents=True, exist_ok=True)
         (out / "images" / cls / f"{item.id}.{ext}").write_bytes(item.image)
-        Image.fromarray((item.attention * 255).round().astype(np.uint8)).save(out / "maps" / cls / f"{item.id}.png")
+        _map_picture(item).save(out / "maps" / cls / f"{item.id}.png")
         written += 1
     return {"out": str(out), "written": written, "skipped_without_class": skipped, "refused_unsafe_class": unsafe}
+
+
+def _map_picture(item: Item) -> Image.Image:
+    """A correction's map as the folder format holds it: grey, white = attend; when the expert left pixels
+    undecided, an alpha channel that is transparent there ("don't care")."""
+    grey = (item.attention * 255).round().astype(np.uint8)
+    if item.decided is None:
+        return Image.fromarray(grey)
+    return Image.fromarray(np.stack([grey, item.decided.astype(np.uint8) * 255], axis=-1), "LA")
 
 
 def backup(store_url: str, out: str | Path) -> None:

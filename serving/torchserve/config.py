@@ -100,6 +100,7 @@ def write_config(cfg: ServeConfig) -> Path:
         "max_request_size": settings.TORCHSERVE_MAX_MESSAGE_BYTES,
         "max_response_size": settings.TORCHSERVE_MAX_MESSAGE_BYTES,
         "default_workers_per_model": 1,
+        "job_queue_size": settings.TORCHSERVE_JOB_QUEUE,  # requests waiting per model beyond it are refused
         "metrics_mode": "prometheus",  # the metrics address answers /metrics for Prometheus
         "model_metrics_auto_detect": "true",  # the handler's per-stage timings too, not only those TorchServe lists
         "disable_system_metrics": "true",

@@ -26,35 +26,39 @@ from handlers.stubs.abn.v1 import prediction_pb2 as abn_dot_v1_dot_prediction__p
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61\x62n/v1/feedback.proto\x12\x06\x61\x62n.v1\x1a\x17\x61\x62n/v1/prediction.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x02\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x14\n\x0cimage_sha256\x18\x03 \x01(\t\x12\'\n\tattention\x18\x04 \x01(\x0b\x32\x14.abn.v1.AttentionMap\x12\r\n\x05label\x18\x05 \x01(\t\x12\x15\n\rprediction_id\x18\x06 \x01(\t\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0e\n\x06\x61uthor\x18\t \x01(\t\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x30\n\x0c\x63reated_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x0c \x01(\x0e\x32\x15.abn.v1.FeedbackState\x12\x13\n\x0b\x63onsumed_by\x18\r \x01(\t\x12\x17\n\x0fpredicted_label\x18\x0e \x01(\t\x12\x13\n\x0brejected_by\x18\x0f \x01(\t\"\xf5\x01\n\x15SubmitFeedbackRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\'\n\tattention\x18\x02 \x01(\x0b\x32\x14.abn.v1.AttentionMap\x12\r\n\x05label\x18\x03 \x01(\t\x12\x15\n\rprediction_id\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x17\n\x0fpredicted_label\x18\t \x01(\t\x12\x11\n\treview_id\x18\n \x01(\t\"5\n\x16SubmitFeedbackResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\" \n\x12GetFeedbackRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x13GetFeedbackResponse\x12\"\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x01(\x0b\x32\x10.abn.v1.Feedback\"\x91\x01\n\x13ListFeedbackRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.abn.v1.FeedbackState\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmetadata_only\x18\x04 \x01(\x08\":\n\x14ListFeedbackResponse\x12\"\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x01(\x0b\x32\x10.abn.v1.Feedback\"-\n\x17GetFeedbackStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"#\n\x05\x43ount\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xc8\x01\n\x18GetFeedbackStatsResponse\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x1f\n\x08\x62y_state\x18\x02 \x03(\x0b\x32\r.abn.v1.Count\x12\x1f\n\x08\x62y_label\x18\x03 \x03(\x0b\x32\r.abn.v1.Count\x12\'\n\x10\x62y_model_version\x18\x04 \x03(\x0b\x32\r.abn.v1.Count\x12\x16\n\x0epending_images\x18\x05 \x01(\x03\x12\x1a\n\x12\x63onflicting_images\x18\x06 \x01(\x03*\x85\x01\n\rFeedbackState\x12\x1e\n\x1a\x46\x45\x45\x44\x42\x41\x43K_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x45\x44\x42\x41\x43K_STATE_PENDING\x10\x01\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_STATE_CONSUMED\x10\x02\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_STATE_REJECTED\x10\x03\x32\xce\x02\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12O\n\x0eSubmitFeedback\x12\x1d.abn.v1.SubmitFeedbackRequest\x1a\x1e.abn.v1.SubmitFeedbackResponse\x12\x46\n\x0bGetFeedback\x12\x1a.abn.v1.GetFeedbackRequest\x1a\x1b.abn.v1.GetFeedbackResponse\x12K\n\x0cListFeedback\x12\x1b.abn.v1.ListFeedbackRequest\x1a\x1c.abn.v1.ListFeedbackResponse0\x01\x12U\n\x10GetFeedbackStats\x12\x1f.abn.v1.GetFeedbackStatsRequest\x1a .abn.v1.GetFeedbackStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61\x62n/v1/feedback.proto\x12\x06\x61\x62n.v1\x1a\x17\x61\x62n/v1/prediction.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x03\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x14\n\x0cimage_sha256\x18\x03 \x01(\t\x12\'\n\tattention\x18\x04 \x01(\x0b\x32\x14.abn.v1.AttentionMap\x12\r\n\x05label\x18\x05 \x01(\t\x12\x15\n\rprediction_id\x18\x06 \x01(\t\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0e\n\x06\x61uthor\x18\t \x01(\t\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12\x30\n\x0c\x63reated_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x0c \x01(\x0e\x32\x15.abn.v1.FeedbackState\x12\x13\n\x0b\x63onsumed_by\x18\r \x01(\t\x12\x17\n\x0fpredicted_label\x18\x0e \x01(\t\x12\x13\n\x0brejected_by\x18\x0f \x01(\t\x12\x0f\n\x07\x64\x65\x63ided\x18\x10 \x01(\x0c\x12\x11\n\tconfirmed\x18\x11 \x01(\x08\x12\x0e\n\x06reason\x18\x12 \x01(\t\x12\x18\n\x10promoted_version\x18\x13 \x01(\t\"\x99\x02\n\x15SubmitFeedbackRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\'\n\tattention\x18\x02 \x01(\x0b\x32\x14.abn.v1.AttentionMap\x12\r\n\x05label\x18\x03 \x01(\t\x12\x15\n\rprediction_id\x18\x04 \x01(\t\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x17\n\x0fpredicted_label\x18\t \x01(\t\x12\x11\n\treview_id\x18\n \x01(\t\x12\x0f\n\x07\x64\x65\x63ided\x18\x0b \x01(\x0c\x12\x11\n\tconfirmed\x18\x0c \x01(\x08\"5\n\x16SubmitFeedbackResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\" \n\x12GetFeedbackRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x13GetFeedbackResponse\x12\"\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x01(\x0b\x32\x10.abn.v1.Feedback\"\xa1\x01\n\x13ListFeedbackRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.abn.v1.FeedbackState\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmetadata_only\x18\x04 \x01(\x08\x12\x0e\n\x06\x61uthor\x18\x05 \x01(\t\":\n\x14ListFeedbackResponse\x12\"\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x01(\x0b\x32\x10.abn.v1.Feedback\"=\n\x17GetFeedbackStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\"#\n\x05\x43ount\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x81\x02\n\x18GetFeedbackStatsResponse\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x1f\n\x08\x62y_state\x18\x02 \x03(\x0b\x32\r.abn.v1.Count\x12\x1f\n\x08\x62y_label\x18\x03 \x03(\x0b\x32\r.abn.v1.Count\x12\'\n\x10\x62y_model_version\x18\x04 \x03(\x0b\x32\r.abn.v1.Count\x12\x16\n\x0epending_images\x18\x05 \x01(\x03\x12\x1a\n\x12\x63onflicting_images\x18\x06 \x01(\x03\x12 \n\tby_author\x18\x07 \x03(\x0b\x32\r.abn.v1.Count\x12\x15\n\rconfirmations\x18\x08 \x01(\x03\"5\n\x17WithdrawFeedbackRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\">\n\x18WithdrawFeedbackResponse\x12\"\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x01(\x0b\x32\x10.abn.v1.Feedback*\xa3\x01\n\rFeedbackState\x12\x1e\n\x1a\x46\x45\x45\x44\x42\x41\x43K_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x45\x44\x42\x41\x43K_STATE_PENDING\x10\x01\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_STATE_CONSUMED\x10\x02\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_STATE_REJECTED\x10\x03\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_STATE_WITHDRAWN\x10\x04\x32\xa5\x03\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12O\n\x0eSubmitFeedback\x12\x1d.abn.v1.SubmitFeedbackRequest\x1a\x1e.abn.v1.SubmitFeedbackResponse\x12\x46\n\x0bGetFeedback\x12\x1a.abn.v1.GetFeedbackRequest\x1a\x1b.abn.v1.GetFeedbackResponse\x12K\n\x0cListFeedback\x12\x1b.abn.v1.ListFeedbackRequest\x1a\x1c.abn.v1.ListFeedbackResponse0\x01\x12U\n\x10GetFeedbackStats\x12\x1f.abn.v1.GetFeedbackStatsRequest\x1a .abn.v1.GetFeedbackStatsResponse\x12U\n\x10WithdrawFeedback\x12\x1f.abn.v1.WithdrawFeedbackRequest\x1a .abn.v1.WithdrawFeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'abn.v1.feedback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEEDBACKSTATE']._serialized_start=1363
-  _globals['_FEEDBACKSTATE']._serialized_end=1496
+  _globals['_FEEDBACKSTATE']._serialized_start=1685
+  _globals['_FEEDBACKSTATE']._serialized_end=1848
   _globals['_FEEDBACK']._serialized_start=92
-  _globals['_FEEDBACK']._serialized_end=469
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=472
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=717
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=719
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=772
-  _globals['_GETFEEDBACKREQUEST']._serialized_start=774
-  _globals['_GETFEEDBACKREQUEST']._serialized_end=806
-  _globals['_GETFEEDBACKRESPONSE']._serialized_start=808
-  _globals['_GETFEEDBACKRESPONSE']._serialized_end=865
-  _globals['_LISTFEEDBACKREQUEST']._serialized_start=868
-  _globals['_LISTFEEDBACKREQUEST']._serialized_end=1013
-  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=1015
-  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=1073
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=1075
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=1120
-  _globals['_COUNT']._serialized_start=1122
-  _globals['_COUNT']._serialized_end=1157
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=1160
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=1360
-  _globals['_FEEDBACKSERVICE']._serialized_start=1499
-  _globals['_FEEDBACKSERVICE']._serialized_end=1833
+  _globals['_FEEDBACK']._serialized_end=547
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=550
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=831
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=833
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=886
+  _globals['_GETFEEDBACKREQUEST']._serialized_start=888
+  _globals['_GETFEEDBACKREQUEST']._serialized_end=920
+  _globals['_GETFEEDBACKRESPONSE']._serialized_start=922
+  _globals['_GETFEEDBACKRESPONSE']._serialized_end=979
+  _globals['_LISTFEEDBACKREQUEST']._serialized_start=982
+  _globals['_LISTFEEDBACKREQUEST']._serialized_end=1143
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=1145
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=1203
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=1205
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=1266
+  _globals['_COUNT']._serialized_start=1268
+  _globals['_COUNT']._serialized_end=1303
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=1306
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=1563
+  _globals['_WITHDRAWFEEDBACKREQUEST']._serialized_start=1565
+  _globals['_WITHDRAWFEEDBACKREQUEST']._serialized_end=1618
+  _globals['_WITHDRAWFEEDBACKRESPONSE']._serialized_start=1620
+  _globals['_WITHDRAWFEEDBACKRESPONSE']._serialized_end=1682
+  _globals['_FEEDBACKSERVICE']._serialized_start=1851
+  _globals['_FEEDBACKSERVICE']._serialized_end=2272
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,11 @@ class FeedbackServiceStub:
                 request_serializer=abn_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
                 response_deserializer=abn_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.FromString,
                 _registered_method=True)
+        self.WithdrawFeedback = channel.unary_unary(
+                '/abn.v1.FeedbackService/WithdrawFeedback',
+                request_serializer=abn_dot_v1_dot_feedback__pb2.WithdrawFeedbackRequest.SerializeToString,
+                response_deserializer=abn_dot_v1_dot_feedback__pb2.WithdrawFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class FeedbackServiceServicer:
@@ -84,7 +89,16 @@ class FeedbackServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetFeedbackStats(self, request, context):
-        """Counts by state, label and model version.
+        """Counts by state, label, model version and author.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawFeedback(self, request, context):
+        """Take back a pending correction: only its author may, and only while it is
+        pending (FAILED_PRECONDITION otherwise, naming its state). Retraining never
+        uses a withdrawn correction.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +126,11 @@ def add_FeedbackServiceServicer_to_server(servicer, server):
                     servicer.GetFeedbackStats,
                     request_deserializer=abn_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.FromString,
                     response_serializer=abn_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.SerializeToString,
+            ),
+            'WithdrawFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawFeedback,
+                    request_deserializer=abn_dot_v1_dot_feedback__pb2.WithdrawFeedbackRequest.FromString,
+                    response_serializer=abn_dot_v1_dot_feedback__pb2.WithdrawFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +242,33 @@ class FeedbackService:
             '/abn.v1.FeedbackService/GetFeedbackStats',
             abn_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
             abn_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/abn.v1.FeedbackService/WithdrawFeedback',
+            abn_dot_v1_dot_feedback__pb2.WithdrawFeedbackRequest.SerializeToString,
+            abn_dot_v1_dot_feedback__pb2.WithdrawFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

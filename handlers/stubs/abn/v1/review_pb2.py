@@ -26,15 +26,15 @@ from handlers.stubs.abn.v1 import prediction_pb2 as abn_dot_v1_dot_prediction__p
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61\x62n/v1/review.proto\x12\x06\x61\x62n.v1\x1a\x17\x61\x62n/v1/prediction.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x02\n\nReviewItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x14\n\x0cimage_sha256\x18\x03 \x01(\t\x12&\n\nprediction\x18\x04 \x01(\x0b\x32\x12.abn.v1.Prediction\x12\x10\n\x08priority\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x30\n\x0c\x63reated_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05state\x18\x08 \x01(\x0e\x32\x13.abn.v1.ReviewState\x12\x12\n\nclaimed_by\x18\t \x01(\t\x12\x35\n\x11lease_expire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x0b \x01(\t\"o\n\x14\x41\x64\x64ReviewItemRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12&\n\nprediction\x18\x02 \x01(\x0b\x32\x12.abn.v1.Prediction\x12\x10\n\x08priority\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"4\n\x15\x41\x64\x64ReviewItemResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"J\n\x16ListReviewItemsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"<\n\x17ListReviewItemsResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.abn.v1.ReviewItem\"\"\n\x14GetReviewItemRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x15GetReviewItemResponse\x12 \n\x04item\x18\x01 \x01(\x0b\x32\x12.abn.v1.ReviewItem\"W\n\x16\x43laimReviewItemRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06\x65xpert\x18\x04 \x01(\t\";\n\x17\x43laimReviewItemResponse\x12 \n\x04item\x18\x01 \x01(\x0b\x32\x12.abn.v1.ReviewItem\"6\n\x18ReleaseReviewItemRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xpert\x18\x02 \x01(\t\"\x1b\n\x19ReleaseReviewItemResponse\"\x12\n\x10GetCallerRequest\"#\n\x11GetCallerResponse\x12\x0e\n\x06\x65xpert\x18\x01 \x01(\t*v\n\x0bReviewState\x12\x1c\n\x18REVIEW_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REVIEW_STATE_WAITING\x10\x01\x12\x18\n\x14REVIEW_STATE_CLAIMED\x10\x02\x12\x15\n\x11REVIEW_STATE_DONE\x10\x03\x32\xef\x03\n\rReviewService\x12L\n\rAddReviewItem\x12\x1c.abn.v1.AddReviewItemRequest\x1a\x1d.abn.v1.AddReviewItemResponse\x12R\n\x0fListReviewItems\x12\x1e.abn.v1.ListReviewItemsRequest\x1a\x1f.abn.v1.ListReviewItemsResponse\x12L\n\rGetReviewItem\x12\x1c.abn.v1.GetReviewItemRequest\x1a\x1d.abn.v1.GetReviewItemResponse\x12R\n\x0f\x43laimReviewItem\x12\x1e.abn.v1.ClaimReviewItemRequest\x1a\x1f.abn.v1.ClaimReviewItemResponse\x12X\n\x11ReleaseReviewItem\x12 .abn.v1.ReleaseReviewItemRequest\x1a!.abn.v1.ReleaseReviewItemResponse\x12@\n\tGetCaller\x12\x18.abn.v1.GetCallerRequest\x1a\x19.abn.v1.GetCallerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61\x62n/v1/review.proto\x12\x06\x61\x62n.v1\x1a\x17\x61\x62n/v1/prediction.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x02\n\nReviewItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x14\n\x0cimage_sha256\x18\x03 \x01(\t\x12&\n\nprediction\x18\x04 \x01(\x0b\x32\x12.abn.v1.Prediction\x12\x10\n\x08priority\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x30\n\x0c\x63reated_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05state\x18\x08 \x01(\x0e\x32\x13.abn.v1.ReviewState\x12\x12\n\nclaimed_by\x18\t \x01(\t\x12\x35\n\x11lease_expire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x0b \x01(\t\"o\n\x14\x41\x64\x64ReviewItemRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12&\n\nprediction\x18\x02 \x01(\x0b\x32\x12.abn.v1.Prediction\x12\x10\n\x08priority\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"4\n\x15\x41\x64\x64ReviewItemResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"`\n\x16ListReviewItemsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x14\n\x0chide_skipped\x18\x04 \x01(\x08\"M\n\x17ListReviewItemsResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.abn.v1.ReviewItem\x12\x0f\n\x07offered\x18\x02 \x01(\r\"\"\n\x14GetReviewItemRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x15GetReviewItemResponse\x12 \n\x04item\x18\x01 \x01(\x0b\x32\x12.abn.v1.ReviewItem\"W\n\x16\x43laimReviewItemRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06\x65xpert\x18\x04 \x01(\t\";\n\x17\x43laimReviewItemResponse\x12 \n\x04item\x18\x01 \x01(\x0b\x32\x12.abn.v1.ReviewItem\"M\n\x18ReleaseReviewItemRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xpert\x18\x02 \x01(\t\x12\x15\n\rkeep_offering\x18\x03 \x01(\x08\"\x1b\n\x19ReleaseReviewItemResponse\"\x12\n\x10GetCallerRequest\"#\n\x11GetCallerResponse\x12\x0e\n\x06\x65xpert\x18\x01 \x01(\t*v\n\x0bReviewState\x12\x1c\n\x18REVIEW_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REVIEW_STATE_WAITING\x10\x01\x12\x18\n\x14REVIEW_STATE_CLAIMED\x10\x02\x12\x15\n\x11REVIEW_STATE_DONE\x10\x03\x32\xef\x03\n\rReviewService\x12L\n\rAddReviewItem\x12\x1c.abn.v1.AddReviewItemRequest\x1a\x1d.abn.v1.AddReviewItemResponse\x12R\n\x0fListReviewItems\x12\x1e.abn.v1.ListReviewItemsRequest\x1a\x1f.abn.v1.ListReviewItemsResponse\x12L\n\rGetReviewItem\x12\x1c.abn.v1.GetReviewItemRequest\x1a\x1d.abn.v1.GetReviewItemResponse\x12R\n\x0f\x43laimReviewItem\x12\x1e.abn.v1.ClaimReviewItemRequest\x1a\x1f.abn.v1.ClaimReviewItemResponse\x12X\n\x11ReleaseReviewItem\x12 .abn.v1.ReleaseReviewItemRequest\x1a!.abn.v1.ReleaseReviewItemResponse\x12@\n\tGetCaller\x12\x18.abn.v1.GetCallerRequest\x1a\x19.abn.v1.GetCallerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'abn.v1.review_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REVIEWSTATE']._serialized_start=1101
-  _globals['_REVIEWSTATE']._serialized_end=1219
+  _globals['_REVIEWSTATE']._serialized_start=1163
+  _globals['_REVIEWSTATE']._serialized_end=1281
   _globals['_REVIEWITEM']._serialized_start=90
   _globals['_REVIEWITEM']._serialized_end=407
   _globals['_ADDREVIEWITEMREQUEST']._serialized_start=409
@@ -42,25 +42,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDREVIEWITEMRESPONSE']._serialized_start=522
   _globals['_ADDREVIEWITEMRESPONSE']._serialized_end=574
   _globals['_LISTREVIEWITEMSREQUEST']._serialized_start=576
-  _globals['_LISTREVIEWITEMSREQUEST']._serialized_end=650
-  _globals['_LISTREVIEWITEMSRESPONSE']._serialized_start=652
-  _globals['_LISTREVIEWITEMSRESPONSE']._serialized_end=712
-  _globals['_GETREVIEWITEMREQUEST']._serialized_start=714
-  _globals['_GETREVIEWITEMREQUEST']._serialized_end=748
-  _globals['_GETREVIEWITEMRESPONSE']._serialized_start=750
-  _globals['_GETREVIEWITEMRESPONSE']._serialized_end=807
-  _globals['_CLAIMREVIEWITEMREQUEST']._serialized_start=809
-  _globals['_CLAIMREVIEWITEMREQUEST']._serialized_end=896
-  _globals['_CLAIMREVIEWITEMRESPONSE']._serialized_start=898
-  _globals['_CLAIMREVIEWITEMRESPONSE']._serialized_end=957
-  _globals['_RELEASEREVIEWITEMREQUEST']._serialized_start=959
-  _globals['_RELEASEREVIEWITEMREQUEST']._serialized_end=1013
-  _globals['_RELEASEREVIEWITEMRESPONSE']._serialized_start=1015
-  _globals['_RELEASEREVIEWITEMRESPONSE']._serialized_end=1042
-  _globals['_GETCALLERREQUEST']._serialized_start=1044
-  _globals['_GETCALLERREQUEST']._serialized_end=1062
-  _globals['_GETCALLERRESPONSE']._serialized_start=1064
-  _globals['_GETCALLERRESPONSE']._serialized_end=1099
-  _globals['_REVIEWSERVICE']._serialized_start=1222
-  _globals['_REVIEWSERVICE']._serialized_end=1717
+  _globals['_LISTREVIEWITEMSREQUEST']._serialized_end=672
+  _globals['_LISTREVIEWITEMSRESPONSE']._serialized_start=674
+  _globals['_LISTREVIEWITEMSRESPONSE']._serialized_end=751
+  _globals['_GETREVIEWITEMREQUEST']._serialized_start=753
+  _globals['_GETREVIEWITEMREQUEST']._serialized_end=787
+  _globals['_GETREVIEWITEMRESPONSE']._serialized_start=789
+  _globals['_GETREVIEWITEMRESPONSE']._serialized_end=846
+  _globals['_CLAIMREVIEWITEMREQUEST']._serialized_start=848
+  _globals['_CLAIMREVIEWITEMREQUEST']._serialized_end=935
+  _globals['_CLAIMREVIEWITEMRESPONSE']._serialized_start=937
+  _globals['_CLAIMREVIEWITEMRESPONSE']._serialized_end=996
+  _globals['_RELEASEREVIEWITEMREQUEST']._serialized_start=998
+  _globals['_RELEASEREVIEWITEMREQUEST']._serialized_end=1075
+  _globals['_RELEASEREVIEWITEMRESPONSE']._serialized_start=1077
+  _globals['_RELEASEREVIEWITEMRESPONSE']._serialized_end=1104
+  _globals['_GETCALLERREQUEST']._serialized_start=1106
+  _globals['_GETCALLERREQUEST']._serialized_end=1124
+  _globals['_GETCALLERRESPONSE']._serialized_start=1126
+  _globals['_GETCALLERRESPONSE']._serialized_end=1161
+  _globals['_REVIEWSERVICE']._serialized_start=1284
+  _globals['_REVIEWSERVICE']._serialized_end=1779
 # @@protoc_insertion_point(module_scope)

@@ -69,20 +69,24 @@ class AddReviewItemResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class ListReviewItemsRequest(_message.Message):
-    __slots__ = ("model_name", "label", "limit")
+    __slots__ = ("model_name", "label", "limit", "hide_skipped")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    HIDE_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     label: str
     limit: int
-    def __init__(self, model_name: _Optional[str] = ..., label: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    hide_skipped: bool
+    def __init__(self, model_name: _Optional[str] = ..., label: _Optional[str] = ..., limit: _Optional[int] = ..., hide_skipped: _Optional[bool] = ...) -> None: ...
 
 class ListReviewItemsResponse(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "offered")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    OFFERED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ReviewItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ...) -> None: ...
+    offered: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ReviewItem, _Mapping]]] = ..., offered: _Optional[int] = ...) -> None: ...
 
 class GetReviewItemRequest(_message.Message):
     __slots__ = ("id",)
@@ -115,12 +119,14 @@ class ClaimReviewItemResponse(_message.Message):
     def __init__(self, item: _Optional[_Union[ReviewItem, _Mapping]] = ...) -> None: ...
 
 class ReleaseReviewItemRequest(_message.Message):
-    __slots__ = ("id", "expert")
+    __slots__ = ("id", "expert", "keep_offering")
     ID_FIELD_NUMBER: _ClassVar[int]
     EXPERT_FIELD_NUMBER: _ClassVar[int]
+    KEEP_OFFERING_FIELD_NUMBER: _ClassVar[int]
     id: str
     expert: str
-    def __init__(self, id: _Optional[str] = ..., expert: _Optional[str] = ...) -> None: ...
+    keep_offering: bool
+    def __init__(self, id: _Optional[str] = ..., expert: _Optional[str] = ..., keep_offering: _Optional[bool] = ...) -> None: ...
 
 class ReleaseReviewItemResponse(_message.Message):
     __slots__ = ()

@@ -89,7 +89,8 @@ class ReviewServiceServicer:
 
     def ListReviewItems(self, request, context):
         """Items waiting for review, highest priority first, without their images.
-        Items claimed by someone else are left out.
+        Items claimed by someone else are left out; with hide_skipped, so are
+        the ones the caller skipped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,7 +113,8 @@ class ReviewServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseReviewItem(self, request, context):
-        """Give a claimed item back (skip it): it waits for the other experts.
+        """Give a claimed item back (skip it): it waits for the other experts. With
+        keep_offering it waits for the caller too (put aside, not skipped).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
