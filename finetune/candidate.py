@@ -10,6 +10,7 @@ is scored beside the served model on trusted data that feedback cannot touch
 kept-back corrections (finetune.gate judges the figures).
 """
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,14 @@ def own_data(meta: dict, folder: str | None = None) -> tuple[SizedSet, SizedSet]
     return data.folder_splits(ImageFolder(root, size, classes=meta["classes"]), cfg, size)
 
 
+def repeats(corrections: int, replayed: int, share: float) -> int:
+    """How many times the corrections go into an epoch so that they make up at least share of it beside
+    replayed images (once at least)."""
+    if corrections == 0 or replayed == 0 or share <= 0:
+        return 1
+    return max(1, math.ceil(share / (1 - share) * replayed / corrections))
+
+
 def tune(
     parent: bytes,
     corrections: list[Correction],
@@ -115,7 +124,10 @@ def tune(
 
     and every rank builds replay itself (own_data reads the same files on every machine)."""
     model, meta = checkpoint.load(parent)
-    training: Dataset = ConcatDataset([correction_set(corrections, meta)] + ([replay] if replay is not None else []))
+    edits = correction_set(corrections, meta)
+    training: Dataset = ConcatDataset([edits] * repeats(len(edits), len(replay) if replay else 0, cfg.correction_share))
+    if replay is not None:
+        training = ConcatDataset([training, replay])
     return model, knowledge.fine_tune(model, training, meta["mean"], meta["std"], cfg, world=world)
 
 

@@ -66,6 +66,9 @@ class TuneConfig:
     batch_size: int = 64
     weight_decay: float = 5e-4
     seed: int = 0
+    # With replay (retraining): the corrections are repeated so that they make up at least this share of each
+    # epoch; a few dozen corrections among a thousand replayed images would otherwise barely pull.
+    correction_share: float = 0.25
 
 
 def map_loss(

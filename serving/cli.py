@@ -85,6 +85,12 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--copies", type=int, default=d.copies, help="counterexamples per edit and pass")
     g.add_argument(
+        "--correction-share",
+        type=float,
+        default=d.correction_share,
+        help="with replay (retrain): the corrections are repeated to make up at least this share of each epoch",
+    )
+    g.add_argument(
         "--unfreeze", dest="freeze_features", action="store_false", help="let the feature extractor learn too"
     )
     g.add_argument("--epochs", type=int, default=d.epochs)

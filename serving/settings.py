@@ -40,7 +40,7 @@ RETRAIN_WORKDIR = f"{RUNS}/retrain"
 
 # Limits
 TORCHSERVE_MAX_MESSAGE_BYTES = 6_553_500  # TorchServe's default request and response size; a 2048x2048 PNG fits
-TORCHSERVE_JOB_QUEUE = 1024  # requests queued per model (TorchServe: 100): at higher concurrency the rest wait, not fail
+TORCHSERVE_JOB_QUEUE = 1024  # requests queued per model (TorchServe: 100); beyond it they are refused
 FEEDBACK_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # one correction: its image and map
 MAX_TEXT = 256  # longest name, label, author, key or id the feedback service accepts
 TOKEN_EXPIRATION_MIN = 60.0  # TorchServe's inference and management keys

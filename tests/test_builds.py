@@ -40,11 +40,12 @@ def served_onnx(mar) -> onnx.ModelProto:
 
 def test_int8_build_is_checked_recorded_and_kept(ckpt, tmp_path):
     # the tiny, briefly trained model's maps move more under int8 than the default bar allows: a looser one
-    cfg = ArchiveConfig(build=BuildConfig(build="int8", calibration_images=128), parity=ParityConfig(0.99, 0.05))
+    # (top-1 agreement 0.9889 on one x86 machine here, at least 0.99 on another: int8 kernels depend on the CPU)
+    cfg = ArchiveConfig(build=BuildConfig(build="int8", calibration_images=128), parity=ParityConfig(0.98, 0.05))
     mar = archive.build(ckpt, tmp_path, cfg)
     found = archive.describe(mar)["build"]
     assert found["build"] == "int8" and found["checked_on"] == 180  # the built-in set's validation split
-    assert found["agreement"] >= 0.99 and 0 < found["attention_mad"] <= 0.05
+    assert found["agreement"] >= 0.98 and 0 < found["attention_mad"] <= 0.05
     assert archive.settings_of(mar) == cfg  # what retraining builds the next version with
     model = served_onnx(mar)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}

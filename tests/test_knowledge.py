@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune import checkpoint, expert
+from finetune import candidate, checkpoint, expert
 from finetune.data import TensorSet
 from finetune.evaluate import evaluate
 from finetune.knowledge import TuneConfig, counterexamples, fine_tune, map_loss
@@ -240,3 +240,14 @@ def test_finetune_command_rejects_maps_that_do_not_match(tmp_path, parent, capsy
     (tmp_path / "maps/a/typo.png").unlink()
     assert cli.main(args + ["--maps", str(tmp_path / "maps")]) == 2
     assert "aspect ratio" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("corrections,replayed", [(35, 1077), (1, 1000), (400, 1077), (1000, 10), (7, 0)])
+def test_corrections_are_repeated_to_their_share_of_an_epoch_and_no_more(corrections, replayed):
+    share = 0.25
+    k = candidate.repeats(corrections, replayed, share)
+    assert k >= 1
+    if replayed:
+        assert corrections * k / (corrections * k + replayed) >= share or k == 1
+        if k > 1:  # one repeat fewer would fall short
+            assert corrections * (k - 1) / (corrections * (k - 1) + replayed) < share

@@ -40,7 +40,8 @@ pytestmark = [
 QUEUED = 44
 # who opens the next item, in turn: about 60 / 30 / 10 % of the work
 TURNS = ["ana", "bo", "ana", "ana", "bo", "ana", "cy", "ana", "bo", "ana"]
-RADIUS = 2.0  # brush radius in image pixels
+RADIUS = 2.0  # of the Attend brush, in image pixels
+IGNORE_RADIUS = 4.0  # as wide as the glyph: one pass covers it, as a person paints over a tag
 
 
 def _digit_strokes(mask: np.ndarray, count: int, rng: np.random.Generator) -> list[list[tuple[float, float]]]:
@@ -59,7 +60,7 @@ def _decoy_stroke(decoy: np.ndarray, rng: np.random.Generator, sloppy: bool) -> 
     edge; a sloppy one lands a few pixels towards the centre."""
     ys, xs = np.nonzero(decoy)
     side = decoy.shape[-1]
-    y = (ys.min() + ys.max()) / 2 + (rng.choice([-1, 1]) * 3 if sloppy else 0)
+    y = (ys.min() + ys.max()) / 2 + (rng.choice([-1, 1]) * 3 if sloppy else rng.normal(0, 0.5))
     left, right = float(xs.min()), float(xs.max())
     if left == 0:
         left = -2.0  # starts outside the picture: it must paint from the edge
@@ -115,7 +116,7 @@ def test_three_experts_painting_strokes_repair_the_model(tmp_path):
             i = index_of[admin.feedback.review_item(item).image]
             sloppy = rng.random() < 0.15
             slips["sloppy ignore stroke"] += sloppy
-            page.stroke(_decoy_stroke(test.decoys[i, 0].numpy() > 0, rng, sloppy), "ignore", RADIUS)
+            page.stroke(_decoy_stroke(test.decoys[i, 0].numpy() > 0, rng, sloppy), "ignore", IGNORE_RADIUS)
             for points in _digit_strokes(test.masks[i, 0].numpy() > 0, int(rng.integers(1, 4)), rng):
                 page.stroke(points, "attend", RADIUS)
             if rng.random() < 0.1:  # Ctrl+Enter before choosing the class: nothing is stored, the page says why
