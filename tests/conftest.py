@@ -24,6 +24,22 @@ def dds() -> bytes:
     return header + struct.pack("<IIIII", 1, 3, 0, 1, 0) + bytes(16)
 
 
+# In CI a skip is a test that did not run: only these reasons (the GPU CI may or may not have) may skip.
+CI_SKIPS = ("needs a CUDA GPU", "needs TensorRT's libraries", "checks the refusal on a machine without a GPU")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not os.environ.get("CI") or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not any(allowed in reason for allowed in CI_SKIPS):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where only skips for {CI_SKIPS} are allowed: {reason}"
+
+
 def postgres_or_skip() -> PostgresServer:
     try:
         return PostgresServer()

@@ -404,6 +404,17 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path):
         SQLiteStore(tmp_path / "s.db")
 
 
+def test_the_store_syncs_each_commit_to_disk(tmp_path):
+    """The kill test below cannot tell a synced commit from one in the OS's cache (a killed process leaves the
+    cache to the kernel), so the setting that makes OK mean on disk is read back from the store's own
+    connection: synchronous is per connection, and another one would show SQLite's default."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        assert store._execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        store.close()
+
+
 def test_every_acknowledged_submission_survives_sigkill(tmp_path):
     port, db_path = free_port(), tmp_path / "feedback.db"
     command = [
