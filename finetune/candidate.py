@@ -125,7 +125,8 @@ def tune(
     and every rank builds replay itself (own_data reads the same files on every machine)."""
     model, meta = checkpoint.load(parent)
     edits = correction_set(corrections, meta)
-    training: Dataset = ConcatDataset([edits] * repeats(len(edits), len(replay) if replay else 0, cfg.correction_share))
+    replayed = len(replay) if replay is not None else 0
+    training: Dataset = ConcatDataset([edits] * repeats(len(edits), replayed, cfg.correction_share))
     if replay is not None:
         training = ConcatDataset([training, replay])
     return model, knowledge.fine_tune(model, training, meta["mean"], meta["std"], cfg, world=world)
