@@ -30,8 +30,9 @@ ENV PATH=/opt/abn/bin:$PATH \
     ABN_FEEDBACK_STORE=runs/feedback/feedback.db
 USER abn
 WORKDIR /var/lib/abn
-# gRPC inference, gRPC management, feedback, the attention editor (HTTP), Prometheus metrics
-EXPOSE 7070 7071 7072 7073 8082
+# gRPC inference, gRPC management, feedback, the attention editor (HTTP, its metrics too), the feedback service's
+# Prometheus metrics, TorchServe's
+EXPOSE 7070 7071 7072 7073 7074 8082
 VOLUME ["/var/lib/abn/runs/model_store", "/var/lib/abn/runs/feedback"]
 # tini as PID 1: it forwards `docker stop`'s SIGTERM and reaps what TorchServe's workers leave behind
 ENTRYPOINT ["/usr/bin/tini", "--"]

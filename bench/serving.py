@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from bench import peer
 from bench.load import measure, noise_pngs, onnx_of
 from finetune import checkpoint, onnx_export
 from finetune.images import image_tensor, normalize, open_image
 from finetune.model import create_model
+from finetune.progress import track
 from handlers.backends import OnnxBackend, TorchBackend, threads_per_worker
 from serving.client import Client
 from serving.editor.gateway import EditorConfig, EditorServer
@@ -228,7 +228,7 @@ def main() -> None:
                         stack, peer_py, onnx_path, meta, threads, data, out, arch, requests, onnxruntime
                     )
                 for c in args.concurrency:
-                    for name, run in tqdm(runs.items(), desc=f"{arch} concurrency {c}", leave=False):
+                    for name, run in track(runs.items(), desc=f"{arch} concurrency {c}", leave=False):
                         # torch preprocesses on one thread beside ONNX Runtime, as TorchServe's worker does
                         torch.set_num_threads(threads if name == "pytorch-eager" else 1)
                         r = run(c)

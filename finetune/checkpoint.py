@@ -5,7 +5,11 @@ and is always read with weights_only=True, so loading one never unpickles code.
 The metadata says everything needed to rebuild and feed the model:
 
     architecture, classes, input_size [H, W], map_size [h, w], mean, std,
-    name, version, parent_version, trained_on, created
+    name, version, parent_version, trained_on, created, pretrained
+
+pretrained is where the starting weights came from ({"file", "sha256"} of the
+file `abn train --pretrained` read; null: random), and a model derived from
+another (fine-tuned, retrained) keeps it.
 """
 
 import io
@@ -34,6 +38,7 @@ def metadata(
     name: str = "abn",
     version: int = 1,
     parent_version: int | None = None,
+    pretrained: dict | None = None,
 ) -> dict:
     return {
         "architecture": architecture,
@@ -47,6 +52,7 @@ def metadata(
         "parent_version": parent_version,
         "trained_on": trained_on,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pretrained": pretrained,
     }
 
 

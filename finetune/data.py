@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset, random_split
-from tqdm import tqdm
 
 from finetune import decoy_digits
+from finetune.augment import Augmented, augmented
 from finetune.images import (
     IMAGE_EXTENSIONS,
     ImageError,
@@ -40,6 +40,7 @@ from finetune.images import (
     resize_map,
     resize_mask,
 )
+from finetune.progress import track
 
 BUILTIN = ("decoy-digits",)
 # Natural images are normalised with the ImageNet statistics by convention.
@@ -132,7 +133,7 @@ class ImageFolder(Dataset):
             self.samples += [(p, label, self._map_path(p)) for p in files]
         if self.maps_root is not None:
             self._check_strays()
-        for path, _, map_path in tqdm(self.samples, desc=f"checking {self.root.name}", leave=False, unit="img"):
+        for path, _, map_path in track(self.samples, desc=f"checking {self.root.name}", leave=False, unit="img"):
             self._check(path, map_path)
 
     def _check_strays(self) -> None:
@@ -189,7 +190,7 @@ class ImageFolder(Dataset):
         }
 
 
-SizedSet = TensorSet | ImageFolder | Subset  # the data sets training takes: each knows its length
+SizedSet = TensorSet | ImageFolder | Subset | Augmented  # the data sets training takes: each knows its length
 
 
 @dataclass
@@ -217,6 +218,7 @@ class DataConfig:
     decoy_size: int | None = None  # decoy-digits: decoy side in pixels (default per kind)
     clean: bool = False  # decoy-digits: the same splits without decoys
     data_seed: int = 0  # decoy-digits: seed of shifts and decoy placement; image folders: of the split
+    augment: str = "none"  # of the training split: finetune.augment.AUGMENTS
 
 
 def builtin_split(cfg: DataConfig, split: str, size: tuple[int, int]) -> TensorSet:
@@ -255,22 +257,25 @@ def load(cfg: DataConfig, size: tuple[int, int]) -> Data:
             "decoy_size": None if cfg.clean else (cfg.decoy_size or decoy_digits.DEFAULT_DECOY_SIZE[cfg.decoy]),
             "data_seed": cfg.data_seed,
             "train_samples": len(tensors),
+            "augment": cfg.augment,
         }
-        return Data(decoy_digits.CLASSES, tensors, builtin_split(cfg, "val", size), mean, std, source, evals)
+        train = augmented(tensors, cfg.augment)
+        return Data(decoy_digits.CLASSES, train, builtin_split(cfg, "val", size), mean, std, source, evals)
 
     folder = ImageFolder(cfg.data, size, cfg.maps)
-    train, val = folder_splits(folder, cfg, size)
+    plain, val = folder_splits(folder, cfg, size)
     source = {
         "data": str(Path(cfg.data).resolve()),
         "maps": str(Path(cfg.maps).resolve()) if cfg.maps else None,
-        "train_samples": len(train),
+        "train_samples": len(plain),
         "maps_count": folder.map_count,
         # the validation split, so that retraining can rebuild it as its trusted check
         "val_data": str(Path(cfg.val_data).resolve()) if cfg.val_data else None,
         "val_fraction": cfg.val_fraction,
         "data_seed": cfg.data_seed,
+        "augment": cfg.augment,
     }
-    return Data(folder.classes, train, val, IMAGENET_MEAN, IMAGENET_STD, source)
+    return Data(folder.classes, augmented(plain, cfg.augment), val, IMAGENET_MEAN, IMAGENET_STD, source)
 
 
 def _save_gray(t: torch.Tensor, path: Path) -> None:
@@ -286,7 +291,7 @@ def export(cfg: DataConfig, split: str, out: str | Path) -> dict:
     for name in decoy_digits.CLASSES:
         (out / "images" / name).mkdir(parents=True, exist_ok=True)
         (out / "maps" / name).mkdir(parents=True, exist_ok=True)
-    for i in tqdm(range(len(labels)), desc=f"writing {cfg.data}/{split}", unit="img"):
+    for i in track(range(len(labels)), desc=f"writing {cfg.data}/{split}", unit="img"):
         rel = Path(decoy_digits.CLASSES[int(labels[i])]) / f"{i:05d}.png"
         _save_gray(images[i, 0], out / "images" / rel)
         if masks[i].any():  # decoy-only canvases have no object to attend to

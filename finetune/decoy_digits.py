@@ -12,6 +12,14 @@ per class, which a CNN picks up as a shortcut. Ross et al.'s original, a gray
 patch whose shade encodes the class ("shade", 4x4), is ignored by a CNN on these
 digits. Every sample carries its object mask (the digit's pixels, zero under the
 decoy), which stands in for an expert's corrected map.
+
+The "tag" decoy is an artefact that sits at the same place in every image of one
+class, as a watermark, a ruler or a scanner's tag does in photographs: a small
+fixed checkerboard in the top-left corner of every training and validation image
+of class TAG_CLASS, and of no other. In the test split it points to the wrong
+class: it is on every image of the other classes and on none of TAG_CLASS. Its
+decoy-only split holds blank canvases with the tag, labelled TAG_CLASS: accuracy
+there is how often the tag alone makes the model name its class.
 """
 
 from typing import NamedTuple
@@ -25,8 +33,9 @@ CANVAS = 32
 DIGIT = 24
 MAX_SHIFT = 2
 SPLITS = ("train", "val", "test", "decoy-only")
-DECOY_KINDS = ("glyph", "shade")
-DEFAULT_DECOY_SIZE = {"glyph": 8, "shade": 4}
+DECOY_KINDS = ("glyph", "shade", "tag")
+DEFAULT_DECOY_SIZE = {"glyph": 8, "shade": 4, "tag": 4}
+TAG_CLASS = 0  # the class whose every training image carries the tag
 # Split sizes: 540 test, 180 validation, the remaining 1077 for training.
 TEST_SIZE, VAL_SIZE = 540, 180
 SPLIT_SEED = 20170301
@@ -51,10 +60,25 @@ def glyphs(size: int = 8) -> np.ndarray:
     return base[:, index][:, :, index]
 
 
+def tag(size: int = 4) -> np.ndarray:
+    """The tag: a size x size checkerboard of 0 and 1, bright at its top-left pixel."""
+    index = np.arange(size)
+    return ((index[:, None] + index[None]) % 2 == 0).astype(np.float32)
+
+
 def _decoy(kind: str, cls: int, size: int) -> np.ndarray:
     if kind == "glyph":
         return glyphs(size)[cls]
+    if kind == "tag":
+        return tag(size)
     return np.full((size, size), (255 - 25 * cls) / 255, dtype=np.float32)
+
+
+def _tagged(split: str, label: int) -> bool:
+    """Whether a sample of the tag variant carries the tag: on its class in training, on the others in test."""
+    if split == "decoy-only":
+        return True
+    return (label == TAG_CLASS) != (split == "test")
 
 
 def _split_indices(n: int) -> dict[str, np.ndarray]:
@@ -97,14 +121,16 @@ def build(split: str, decoy: str = "glyph", decoy_size: int | None = None, clean
             r, c = offset + shifts[i]
             images[i, 0, r : r + DIGIT, c : c + DIGIT] = scaled[i, 0]
             masks[i, 0, r : r + DIGIT, c : c + DIGIT] = scaled[i, 0] > INK
-        if clean:
+        if clean or (decoy == "tag" and not _tagged(split, labels[i])):
             continue
         decoy_class = random_classes[i] if split == "test" else labels[i]
-        r = 0 if corners[i] < 2 else CANVAS - size
-        c = 0 if corners[i] % 2 == 0 else CANVAS - size
+        r = 0 if corners[i] < 2 or decoy == "tag" else CANVAS - size
+        c = 0 if corners[i] % 2 == 0 or decoy == "tag" else CANVAS - size
         images[i, 0, r : r + size, c : c + size] = _decoy(decoy, decoy_class, size)
         masks[i, 0, r : r + size, c : c + size] = 0
         decoys[i, 0, r : r + size, c : c + size] = 1
+    if decoy == "tag" and split == "decoy-only" and not clean:
+        labels[:] = TAG_CLASS  # the tag alone says its class
     # 8-bit levels, so that the set written out as PNG reads back identical.
     images = (np.round(images * 255) / 255).astype(np.float32)
     return Split(*(torch.from_numpy(a) for a in (images, labels, masks, decoys)))

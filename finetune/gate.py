@@ -124,6 +124,15 @@ def _attention_criterion(kept: dict, figure: str, pixels: str, sign: int, cfg: G
     }
 
 
+def change_of(criterion: dict) -> tuple[float, float, float]:
+    """A criterion of judge's verdict as its change, candidate minus served, with its interval: accuracy is judged
+    on its fall (served minus candidate), turned round here so that every criterion reads the same way."""
+    low, high = criterion["interval"]
+    if "drop" in criterion:
+        return 0.0 - criterion["drop"], 0.0 - high, 0.0 - low  # 0.0 - x: no -0.0 for no change
+    return criterion["change"], low, high
+
+
 def judge(figures: dict, trusted: list[str], cfg: GateConfig) -> dict:
     """{"promote", "decided_by", "criteria": [{"name", "passed", "detail", "samples", ...}], "reported"} from
     candidate.score's figures."""

@@ -41,14 +41,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
 
 from finetune import checkpoint, distributed
+from finetune.augment import augmented
 from finetune.data import DataError, ImageFolder
 from finetune.distributed import World
 from finetune.evaluate import evaluate, predict
 from finetune.images import normalize, resize_map
 from finetune.model import ABN
+from finetune.progress import track
 from finetune.train import lr_factor, make_optimizer
 from finetune.visualize import map_rows
 
@@ -69,6 +70,7 @@ class TuneConfig:
     # With replay (retraining): the corrections are repeated so that they make up at least this share of each
     # epoch; a few dozen corrections among a thousand replayed images would otherwise barely pull.
     correction_share: float = 0.25
+    augment: str = "none"  # finetune.augment.AUGMENTS; corrected maps and decided masks follow their image
 
 
 def map_loss(
@@ -206,6 +208,7 @@ def fine_tune(
             gen.set_state(saved["generators"][world.rank])
         else:  # saved by another number of processes: fresh streams, still seeded
             gen.manual_seed(cfg.seed + world.rank + 1_000_003 * start)
+    dataset = augmented(dataset, cfg.augment)  # every read a fresh draw, so every epoch sees other crops
     # DDP syncs the gradients of the parameters that require them: the frozen features are left out
     net = DDP(model, device_ids=[device] if device.type == "cuda" else None) if world.distributed else model
     sampler: DistributedSampler | None = (
@@ -220,7 +223,8 @@ def fine_tune(
         if sampler is not None:
             sampler.set_epoch(epoch)  # a new order every epoch, the same split on every rank
         sums = torch.zeros(len(LOSSES), dtype=torch.float64, device=device)
-        for batch in tqdm(
+        seen = 0  # items of the data set this rank trained on this epoch (counterexamples not counted)
+        for batch in track(
             loader,
             desc=f"fine-tune {epoch + 1}/{cfg.epochs}",
             unit="batch",
@@ -229,6 +233,7 @@ def fine_tune(
         ):
             x, y, m, has = batch["image"], batch["label"], batch["map"], batch["has_map"]
             d, w = batch["decided"], batch["weight"].float()
+            seen += len(y)
             if cfg.counterexamples:  # on the CPU, where the generator is
                 extra, index = counterexamples(x, y, m, d, has, gen, cfg.copies)
                 x, y = torch.cat([x, extra]), torch.cat([y, y[index]])
@@ -248,7 +253,10 @@ def fine_tune(
             step += 1
             sums += torch.stack([loss, l_att, l_per, l_map]).detach()
         means = distributed.all_mean(sums / len(loader), world).tolist()
-        history.append({"epoch": epoch + 1, **dict(zip(LOSSES, means)), "seconds": round(time.time() - t0, 3)})
+        images = distributed.gather(seen, world)  # per rank: which of them trained, and on how much
+        history.append(
+            {"epoch": epoch + 1, **dict(zip(LOSSES, means)), "images": images, "seconds": round(time.time() - t0, 3)}
+        )
         if state is not None:
             state.save(
                 world, gen, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history

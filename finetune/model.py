@@ -92,6 +92,12 @@ class ABN(nn.Module):
         logits = self.fc(torch.flatten(p.mean(dim=(2, 3), keepdim=True), 1))
         return ABNOutput(logits, attention_logits, m.expand_as(own))
 
+    def backbone(self) -> list[nn.Module]:
+        """The parts built from a ResNet's blocks (a pretrained file fills them): the features, the
+        perception branch and the attention branch's stage. The heads (fc, the attention branch's head and
+        map) are the ABN's own."""
+        return [self.features, self.perception, self.attention_branch.stage]
+
     @torch.no_grad()
     def map_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the attention map for an input of input_size = (H, W)."""
@@ -136,6 +142,21 @@ def _imagenet_abn(block: Block, layers: list[int], num_classes: int) -> ABN:
     return ABN(features, branch, perception, 512 * e, num_classes)
 
 
+# Where a torchvision ResNet's tensors go in an _imagenet_abn model (finetune/pretrained.py loads them):
+# stem and layer1..3 are the features, layer4 the perception branch. The attention branch's stage has layer4's
+# shapes (only its stride differs, which is not a weight), so it starts from layer4 too; docs/knowledge.md
+# says why. fc is loaded only where the class counts agree.
+RESNET_NAMES = {
+    "conv1.": ("features.0.0.",),
+    "bn1.": ("features.0.1.",),
+    "layer1.": ("features.1.",),
+    "layer2.": ("features.2.",),
+    "layer3.": ("features.3.",),
+    "layer4.": ("perception.", "attention_branch.stage."),
+    "fc.": ("fc.",),
+}
+
+
 def _small_abn(block: Block, layers: list[int], widths: tuple[int, int, int], num_classes: int) -> ABN:
     """Inputs around 32x32, CIFAR-style three stages: the branch attaches after stage 2 (map at H/2)."""
     w1, w2, w3 = widths
@@ -158,6 +179,9 @@ _MODELS: dict[str, Callable[[int], ABN]] = {
     "abn_resnet50": lambda k: _imagenet_abn(Bottleneck, [3, 4, 6, 3], k),
     "abn_small": lambda k: _small_abn(BasicBlock, [2, 2, 2], (16, 32, 64), k),
 }
+
+# The ResNet whose ImageNet weights each architecture can start from (abn train --pretrained).
+RESNETS = {"abn_resnet18": "ResNet-18", "abn_resnet34": "ResNet-34", "abn_resnet50": "ResNet-50"}
 
 # The input size each architecture is built for; any other size works too.
 DEFAULT_INPUT_SIZE = {"abn_resnet18": 224, "abn_resnet34": 224, "abn_resnet50": 224, "abn_small": 32}

@@ -1,4 +1,5 @@
-"""Train an ABN from scratch: L = CE(attention-branch logits) + CE(perception logits).
+"""Train an ABN: L = CE(attention-branch logits) + CE(perception logits), from random weights or from a
+ResNet's ImageNet weights (finetune.pretrained), whose backbone then stays frozen for the first epochs.
 
 Writes into the run's folder: checkpoint.pt (the model), train_state.pt (what
 resuming needs), metrics.json (per-epoch and final figures), attention.png (validation
@@ -14,16 +15,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from finetune import checkpoint, data
+from finetune import checkpoint, data, pretrained
 from finetune.data import DataConfig
 from finetune.evaluate import evaluate, predict
 from finetune.images import normalize
-from finetune.model import DEFAULT_INPUT_SIZE, create_model
+from finetune.model import ABN, DEFAULT_INPUT_SIZE, create_model
+from finetune.progress import track
 from finetune.visualize import attention_grid, curves
 
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
+# Long enough for the new heads to learn on the ImageNet features before the backbone moves: a few hundred photos
+# are a handful of steps per epoch, and the first epoch is the learning rate's warm-up.
+PRETRAINED_FREEZE_EPOCHS = 2
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -33,6 +37,8 @@ class TrainConfig:
     from the saved state."""
 
     arch: str = "abn_small"
+    pretrained: str | None = None  # a torchvision ResNet state dict to start from (finetune.pretrained)
+    freeze_epochs: int | None = None  # epochs the pretrained backbone stays frozen; None: 2 with pretrained, else 0
     input_size: int | None = None  # input side in pixels; None: the architecture's
     data: DataConfig = field(default_factory=DataConfig)
     epochs: int = 30
@@ -84,21 +90,44 @@ def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     state = None
     if cfg.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        saved = state["args"]
+        # a setting the run's state lacks came after it was saved: the run had the setting's default
+        saved = {**_run_fields(TrainConfig()), **state["args"]}
         data_keys = set(asdict(DataConfig()))
         cfg = replace(
             cfg,
             data=DataConfig(**{k: saved[k] for k in data_keys}),
             **{k: saved[k] for k in _run_fields(cfg) if k not in data_keys},
         )
+    freeze = cfg.freeze_epochs
+    if freeze is None:
+        freeze = PRETRAINED_FREEZE_EPOCHS if cfg.pretrained else 0
+    if freeze < 0:
+        raise ValueError(f"--freeze-epochs must be 0 or more, got {freeze}")
+    if freeze and not cfg.pretrained:
+        raise ValueError("--freeze-epochs keeps a pretrained backbone frozen: give --pretrained too, or leave it out")
     return replace(
-        cfg, input_size=cfg.input_size or DEFAULT_INPUT_SIZE[cfg.arch], lr=cfg.lr or DEFAULT_LR[cfg.optimizer]
+        cfg,
+        input_size=cfg.input_size or DEFAULT_INPUT_SIZE[cfg.arch],
+        lr=cfg.lr or DEFAULT_LR[cfg.optimizer],
+        freeze_epochs=freeze,
     ), state
+
+
+def set_frozen(model: ABN, frozen: bool) -> None:
+    """Training mode, with the backbone frozen (weights and BatchNorm statistics) or learning.
+
+    The optimizer holds every parameter from the start: a frozen one gets no gradient (zero_grad sets it to
+    None), which SGD and AdamW skip, momentum and weight decay included; unfrozen, it learns."""
+    model.train()
+    for module in model.backbone():
+        module.train(not frozen)
+        for p in module.parameters():
+            p.requires_grad_(not frozen)
 
 
 def train(cfg: TrainConfig) -> dict:
     cfg, state = _resolve(cfg)
-    assert cfg.input_size is not None and cfg.lr is not None  # _resolve filled them
+    assert cfg.input_size is not None and cfg.lr is not None and cfg.freeze_epochs is not None  # _resolve filled them
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -108,17 +137,31 @@ def train(cfg: TrainConfig) -> dict:
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     history, start = [], 0
     state_path = out / "train_state.pt"
+    origin = None  # where the starting weights came from
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        history, start = state["history"], state["epoch"]
+        history, start, origin = state["history"], state["epoch"], state.get("pretrained")
         print(f"resuming {out} after epoch {start}")
+    elif cfg.pretrained:
+        loaded = pretrained.load(model, cfg.arch, cfg.pretrained)
+        origin = loaded.origin
+        print(loaded.summary())
 
     steps_per_epoch = math.ceil(len(d.train) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
-    meta = checkpoint.metadata(model, cfg.arch, d.classes, size, d.mean, d.std, d.source, name=cfg.name)
+    meta = checkpoint.metadata(
+        model, cfg.arch, d.classes, size, d.mean, d.std, d.source, name=cfg.name, pretrained=origin
+    )
     for epoch in range(start, cfg.epochs):
-        model.train()
+        frozen = epoch < cfg.freeze_epochs
+        set_frozen(model, frozen)
+        if frozen and epoch == start:
+            last = min(cfg.freeze_epochs, cfg.epochs)
+            span = f"epoch {last}" if last == epoch + 1 else f"epochs {epoch + 1}..{last}"
+            print(f"{span}: the pretrained backbone is frozen, the heads learn")
+        elif epoch == cfg.freeze_epochs and epoch > 0:
+            print(f"epoch {epoch + 1}: the backbone learns too")
         loader = DataLoader(
             d.train,
             batch_size=cfg.batch_size,
@@ -126,7 +169,7 @@ def train(cfg: TrainConfig) -> dict:
             generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
         )
         t0, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        bar = track(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         for i, batch in enumerate(bar):
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
@@ -164,6 +207,7 @@ def train(cfg: TrainConfig) -> dict:
                 "epoch": epoch + 1,
                 "history": history,
                 "args": _run_fields(cfg),
+                "pretrained": origin,
             },
             state_path,
         )

@@ -3,6 +3,11 @@
 Parsing and dispatch only: each command turns its arguments into the typed
 configuration of the library it calls (defaults come from those dataclasses
 and serving.settings), calls it, and prints the result.
+
+`abn health` is what the container's HEALTHCHECK and the Kubernetes probes run, every few seconds: it must not
+load torch (seconds and a gigabyte each time). So the modules that bring torch in are imported inside the
+commands that use them, and main() builds the arguments of the command it runs alone (their defaults come from
+those modules).
 """
 
 import argparse
@@ -11,31 +16,27 @@ import json
 import logging
 import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import psycopg
 
-from finetune import builds, checkpoint, data, decoy_digits, knowledge, train
-from finetune.builds import BuildConfig
-from finetune.data import DataConfig, DataError
-from finetune.evaluate import evaluate
 from finetune.gate import GateConfig
-from finetune.knowledge import TuneConfig
-from finetune.model import list_models
-from finetune.parity import ParityConfig
-from handlers import backends
-from serving import demo, retraining, review, services, settings
+from serving import health, review, settings
 from serving.client import Client
-from serving.editor.gateway import EditorConfig, known_inputs
 from serving.feedback import experts, transfer
-from serving.feedback.service import known_classes
-from serving.feedback.store import Item, NotFoundError, open_store
-from serving.torchserve import archive, served
+from serving.feedback.store import FeedbackStore, Item, NotFoundError, open_store
 from serving.torchserve.client import TorchServeClient
 from serving.torchserve.config import ServeConfig, Target
+
+if TYPE_CHECKING:
+    from finetune.data import DataConfig
+    from finetune.knowledge import TuneConfig
+    from serving import services
 
 T = TypeVar("T")
 
@@ -49,7 +50,9 @@ def _config(cls: type[T], args: argparse.Namespace, **given) -> T:
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    d = DataConfig()
+    from finetune import data, decoy_digits
+
+    d = data.DataConfig()
     g = parser.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -62,26 +65,44 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-fraction", type=float, default=d.val_fraction, help="share of an image folder held out for validation"
     )
     g.add_argument("--decoy", choices=decoy_digits.DECOY_KINDS, default=d.decoy, help="decoy-digits: kind of decoy")
-    g.add_argument("--decoy-size", type=int, help="decoy-digits: decoy side in pixels (glyph 8, shade 4)")
+    g.add_argument("--decoy-size", type=int, help="decoy-digits: decoy side in pixels (glyph 8, shade 4, tag 4)")
     g.add_argument("--clean", action="store_true", help="decoy-digits: the same splits without decoys")
     g.add_argument(
         "--data-seed", type=int, default=d.data_seed, help="decoy-digits: seed of shifts and decoy placement"
     )
 
 
-def _data_config(args: argparse.Namespace) -> DataConfig:
+def _augment_argument(group) -> None:
+    from finetune.augment import AUGMENTS
+
+    group.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default="none",
+        help="augment the training images, a fresh draw every epoch; corrected maps are cropped and flipped with "
+        "their image: flip (horizontal, half of the time), photo (random resized crop, flip, colour jitter); "
+        "none for decoy-digits, which a flip or crop changes",
+    )
+
+
+def _data_config(args: argparse.Namespace) -> "DataConfig":
+    from finetune.data import DataConfig
+
     return _config(DataConfig, args)
 
 
 def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    from finetune.knowledge import TuneConfig
+
     d = TuneConfig()
     g = parser.add_argument_group("fine-tuning")
     g.add_argument("--gamma", type=float, default=d.gamma, help="weight of the map loss L_map (0: off)")
     g.add_argument(
-        "--no-counterexamples",
-        dest="counterexamples",
-        action="store_false",
-        help="train on the edits alone, as the paper does",
+        "--counterexamples",
+        action=argparse.BooleanOptionalAction,
+        default=d.counterexamples,
+        help="also train on copies of each corrected image whose Ignore pixels come from an image of another "
+        "class; --no-counterexamples: on the edits alone, as the paper does",
     )
     g.add_argument("--copies", type=int, default=d.copies, help="counterexamples per edit and pass")
     g.add_argument(
@@ -91,17 +112,27 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="with replay (retrain): the corrections are repeated to make up at least this share of each epoch",
     )
     g.add_argument(
-        "--unfreeze", dest="freeze_features", action="store_false", help="let the feature extractor learn too"
+        "--unfreeze",
+        action="store_true",
+        help="let the feature extractor learn too (without it, only the attention and perception branches learn)",
     )
-    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help="passes over the corrected images (with replay, and over the replayed ones)",
+    )
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (SGD, Nesterov, cosine decay)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step, counterexamples aside")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD's L2 penalty on the weights")
+    g.add_argument("--seed", type=int, default=d.seed, help="of the shuffling and the counterexamples")
+    _augment_argument(g)
 
 
-def _tune_config(args: argparse.Namespace) -> TuneConfig:
-    return _config(TuneConfig, args)
+def _tune_config(args: argparse.Namespace) -> "TuneConfig":
+    from finetune.knowledge import TuneConfig
+
+    return _config(TuneConfig, args, freeze_features=not args.unfreeze)
 
 
 def _target_arguments(parser) -> None:
@@ -168,6 +199,8 @@ def _serve_config(args: argparse.Namespace, models: dict[str, str] | None = None
 
 
 def _feedback_arguments(parser) -> None:
+    from serving import services
+
     d = services.FeedbackConfig()
     _store_argument(parser)
     parser.add_argument(
@@ -188,9 +221,17 @@ def _feedback_arguments(parser) -> None:
         help="how long a SQLite commit waits for more submissions while they come in concurrently (0: never); "
         "fewer commits take less CPU and fewer fsyncs per submission",
     )
+    parser.add_argument(
+        "--feedback-metrics-port",
+        type=int,
+        default=d.metrics_port,
+        help="the feedback service's Prometheus metrics (HTTP /metrics), on --address's host (0: not served)",
+    )
 
 
-def _feedback_config(args: argparse.Namespace, checkpoints: list[str] | None = None) -> services.FeedbackConfig:
+def _feedback_config(args: argparse.Namespace, checkpoints: list[str] | None = None) -> "services.FeedbackConfig":
+    from serving import services
+
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together: give both, or neither")
     return services.FeedbackConfig(
@@ -201,6 +242,7 @@ def _feedback_config(args: argparse.Namespace, checkpoints: list[str] | None = N
         tls_key=args.tls_key,
         checkpoints=checkpoints or [],
         group_linger_s=args.group_linger_ms / 1000,
+        metrics_port=args.feedback_metrics_port or None,
     )
 
 
@@ -208,21 +250,42 @@ def _feedback_config(args: argparse.Namespace, checkpoints: list[str] | None = N
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from finetune import train
+
     train.train(_config(train.TrainConfig, args, data=_data_config(args)))
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from finetune import train
+    from finetune.model import list_models
+
     d = train.TrainConfig()
     parser.add_argument("--arch", default=d.arch, choices=list_models(), help="architecture")
     parser.add_argument("--input-size", type=int, help="input side in pixels (default: the architecture's)")
+    parser.add_argument(
+        "--pretrained",
+        metavar="FILE",
+        help="start abn_resnet18/34/50 from this torchvision ResNet state dict (.pth): ImageNet weights you "
+        "downloaded (nothing is downloaded here; the README says where torchvision publishes them)",
+    )
+    parser.add_argument(
+        "--freeze-epochs",
+        type=int,
+        help="epochs at the start during which the pretrained backbone stays frozen and only the heads learn "
+        f"(not given: {train.PRETRAINED_FREEZE_EPOCHS} with --pretrained, 0 without)",
+    )
     _data_arguments(parser)
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--optimizer", choices=sorted(train.DEFAULT_LR), default=d.optimizer)
+    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    g.add_argument(
+        "--optimizer", choices=sorted(train.DEFAULT_LR), default=d.optimizer, help="sgd (Nesterov momentum) or adamw"
+    )
     g.add_argument("--lr", type=float, help="peak learning rate (sgd 0.1, adamw 0.001)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="sgd momentum (Nesterov)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help="L2 penalty (sgd) or decoupled decay (adamw)"
+    )
     g.add_argument(
         "--schedule",
         choices=train.SCHEDULES,
@@ -230,13 +293,17 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="learning-rate schedule after warm-up (step: x0.1 at 50%% and 75%%)",
     )
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed, help="of the initial weights and the shuffling")
+    _augment_argument(g)
     parser.add_argument("--name", default=d.name, help="model name recorded in the checkpoint")
     parser.add_argument("--out", default=d.out, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from finetune import checkpoint, data
+    from finetune.evaluate import evaluate
+
     model, meta = checkpoint.load(args.checkpoint)
     size = tuple(meta["input_size"])
     cfg = _data_config(args)
@@ -248,7 +315,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps({"checkpoint": args.checkpoint, "data": cfg.data, "split": args.split, **result}, indent=2))
 
 
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from finetune import decoy_digits
+
+    _data_arguments(p)
+    p.add_argument("checkpoint", help="the model to evaluate (checkpoint.pt)")
+    p.add_argument("--split", choices=decoy_digits.SPLITS, default="test", help="split of a built-in set")
+
+
 def _cmd_finetune(args: argparse.Namespace) -> None:
+    from finetune import knowledge
+
     knowledge.run(args.checkpoint, args.data, args.maps, args.out, _tune_config(args))
 
 
@@ -261,6 +338,11 @@ def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
+    from finetune.builds import BuildConfig
+    from finetune.parity import ParityConfig
+    from handlers import backends
+    from serving.torchserve import archive
+
     cfg = _config(
         archive.ArchiveConfig,
         args,
@@ -276,10 +358,21 @@ def _cmd_package(args: argparse.Namespace) -> None:
 
 
 def _package_arguments(parser: argparse.ArgumentParser) -> None:
+    from finetune import builds
+    from finetune.builds import BuildConfig
+    from finetune.parity import ParityConfig
+    from handlers import backends
+    from serving.torchserve import archive
+
     d = archive.ArchiveConfig()
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", help="the model to archive (checkpoint.pt)")
     parser.add_argument("--model-store", default=settings.MODEL_STORE, help="folder the .mar is written to")
-    parser.add_argument("--backend", choices=archive.BACKENDS, default=d.backend)
+    parser.add_argument(
+        "--backend",
+        choices=archive.BACKENDS,
+        default=d.backend,
+        help="what runs the model in the workers: ONNX Runtime, PyTorch, or auto (the faster, measured here)",
+    )
     parser.add_argument("--name", help="model name in TorchServe (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="largest batch TorchServe forms")
     parser.add_argument(
@@ -300,7 +393,13 @@ def _package_arguments(parser: argparse.ArgumentParser) -> None:
     o = backends.GpuOptions()
     g = parser.add_argument_group("on a GPU (--backend auto measures these)")
     g.add_argument("--cudnn-search", choices=backends.SEARCHES, default=o.cudnn_search, help="ONNX Runtime's")
-    g.add_argument("--no-cudnn-max-workspace", dest="cudnn_max_workspace", action="store_false")
+    g.add_argument(
+        "--cudnn-max-workspace",
+        action=argparse.BooleanOptionalAction,
+        default=o.cudnn_max_workspace,
+        help="ONNX Runtime's CUDA provider option: cuDNN may use as much workspace memory as its fastest "
+        "convolutions want",
+    )
     g.add_argument("--prefer-nhwc", action="store_true", help="ONNX Runtime's CUDA provider option")
     g.add_argument("--cuda-graph", action="store_true", help="one CUDA graph per batch size")
     g.add_argument("--half", action="store_true", help="the torch backend in fp16")
@@ -318,15 +417,40 @@ def _package_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    from serving import services
+
     models = dict(m.split("=", 1) for m in args.models)
     services.serve(_serve_config(args, models), follow=args.store if args.follow else None)
 
 
+def _serve_command_arguments(p: argparse.ArgumentParser) -> None:
+    from serving.torchserve import archive
+
+    _serve_arguments(p)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=[f"{settings.MODEL_NAME}={archive.archive_name(settings.MODEL_NAME, 1)}"],
+        help="NAME=ARCHIVE pairs to load (with --follow, what the store records as served wins)",
+    )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="serve the versions the feedback store records as served, and follow each promotion (replicas that "
+        "share a store and a model store)",
+    )
+    _store_argument(p)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
+    from serving import demo
+
     demo.run(_config(demo.DemoConfig, args))
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from serving import demo
+
     d = demo.DemoConfig()
     parser.add_argument("--out", default=d.out, help="folder for the models, services and reports")
     parser.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the first model")
@@ -337,6 +461,8 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> None:
+    from serving import retraining
+
     cfg = _config(
         retraining.RetrainConfig, args, target=_target(args), tune=_tune_config(args), gate=_config(GateConfig, args)
     )
@@ -349,6 +475,8 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
+    from serving import retraining
+
     d = retraining.RetrainConfig()
     g = parser.add_argument_group("retraining")
     g.add_argument("--model", default=d.model, help="served model name")
@@ -400,6 +528,9 @@ def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> None:
+    from serving import services
+    from serving.editor.gateway import EditorConfig
+
     _tls_pair(args.editor_tls_cert, args.editor_tls_key, "the editor")
     services.up(
         services.UpConfig(
@@ -416,6 +547,9 @@ def _cmd_up(args: argparse.Namespace) -> None:
 
 
 def _up_arguments(p: argparse.ArgumentParser) -> None:
+    from finetune import train
+    from serving.editor.gateway import EditorConfig
+
     _serve_arguments(p)
     p.add_argument("--out", default=settings.DEMO_MODEL, help="folder of the demo model")
     p.add_argument(
@@ -435,6 +569,10 @@ def _tls_pair(cert: str | None, key: str | None, what: str) -> None:
 
 
 def _cmd_editor(args: argparse.Namespace) -> None:
+    from serving import services
+    from serving.editor.gateway import EditorConfig, known_inputs
+    from serving.feedback.service import known_classes
+
     _tls_pair(args.tls_cert, args.tls_key, "abn editor")
     services.editor(
         EditorConfig(
@@ -447,11 +585,14 @@ def _cmd_editor(args: argparse.Namespace) -> None:
             inputs=known_inputs(args.checkpoint),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            model_store=args.model_store,
         )
     )
 
 
 def _editor_arguments(p: argparse.ArgumentParser) -> None:
+    from serving.editor.gateway import EditorConfig
+
     d = EditorConfig()
     p.add_argument(
         "--address",
@@ -467,28 +608,36 @@ def _editor_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key, serve HTTPS")
     p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--model-store", help="TorchServe's model store: with it, operators roll back from the Models page")
 
 
-def _with_store(args: argparse.Namespace, work):
-    store = open_store(args.store)
+@contextmanager
+def _store(url: str, create: bool = False) -> Iterator[FeedbackStore]:
+    """The feedback store at url, closed after use. Only a command that makes a store (create) takes a path
+    where there is none: elsewhere a mistyped --store would be a new, empty store that the command reports on or
+    changes, and the service would never see the change."""
+    store = open_store(url, create=create)
     try:
-        return work(store)
+        yield store
     finally:
         store.close()
 
 
 def _cmd_experts_add(args: argparse.Namespace) -> None:
-    token = _with_store(args, lambda store: experts.add(store, args.name))
-    print(f"expert {args.name!r} added; their token, shown this once (the store keeps only its hash):\n{token}")
+    with _store(args.store) as store:
+        token = experts.add(store, args.name, args.role)
+    print(f"{args.role} {args.name!r} added; their token, shown this once (the store keeps only its hash):\n{token}")
 
 
 def _cmd_experts_list(args: argparse.Namespace) -> None:
-    rows = _with_store(args, lambda store: store.experts())
-    print(json.dumps([{"name": e.name, "added": e.created} for e in rows], indent=2))
+    with _store(args.store) as store:
+        rows = store.experts()
+    print(json.dumps([{"name": e.name, "role": e.role, "added": e.created} for e in rows], indent=2))
 
 
 def _cmd_experts_remove(args: argparse.Namespace) -> None:
-    _with_store(args, lambda store: experts.remove(store, args.name))
+    with _store(args.store) as store:
+        experts.remove(store, args.name)
     print(f"expert {args.name!r} removed: their token stops working within {settings.EXPERT_CACHE_S:g} s")
 
 
@@ -520,15 +669,14 @@ def _review_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_feedback_serve(args: argparse.Namespace) -> None:
+    from serving import services
+
     services.feedback(_feedback_config(args, args.checkpoint))
 
 
 def _cmd_feedback_stats(args: argparse.Namespace) -> None:
-    store = open_store(args.store, create=False)
-    try:
+    with _store(args.store) as store:
         print(json.dumps(store.stats(args.model, args.author), indent=2))
-    finally:
-        store.close()
 
 
 def _state_of(item: Item) -> str:
@@ -540,35 +688,31 @@ def _state_of(item: Item) -> str:
 
 
 def _cmd_feedback_list(args: argparse.Namespace) -> None:
-    store = open_store(args.store, create=False)
-    try:
+    with _store(args.store) as store:
         for item in store.items(model_name=args.model, with_data=False, author=args.author):
             when = datetime.fromtimestamp(item.created, UTC).isoformat(timespec="seconds")
             kind = "confirmed" if item.confirmed else item.label or item.predicted_label or "-"
             print(f"{when}  {item.id}  {item.author or '-'}  {item.model_name}:{item.model_version}  {kind}  "
                   f"{_state_of(item)}")  # fmt: skip
-    finally:
-        store.close()
 
 
 def _cmd_feedback_withdraw(args: argparse.Namespace) -> None:
-    item = _with_store(args, lambda store: store.withdraw(args.id, args.author))
+    with _store(args.store) as store:
+        item = store.withdraw(args.id, args.author)
     print(f"{item.id} withdrawn: retraining will not use it")
 
 
 def _cmd_feedback_reject(args: argparse.Namespace) -> None:
-    def reject(store) -> int:
+    with _store(args.store) as store:
         ids = args.id or store.ids_of(rejected=False, author=args.author)
-        return store.mark_rejected(ids, f"operator {datetime.now(UTC).isoformat(timespec='seconds')}")
-
-    print(f"{_with_store(args, reject)} pending corrections marked rejected")
+        count = store.mark_rejected(ids, f"operator {datetime.now(UTC).isoformat(timespec='seconds')}")
+    print(f"{count} pending corrections marked rejected")
 
 
 def _cmd_feedback_requeue(args: argparse.Namespace) -> None:
-    def requeue(store) -> int:
-        return store.requeue(args.id or store.ids_of(rejected=True, author=args.author, rejected_by=args.run))
-
-    print(f"{_with_store(args, requeue)} rejected corrections pending again")
+    with _store(args.store) as store:
+        count = store.requeue(args.id or store.ids_of(rejected=True, author=args.author, rejected_by=args.run))
+    print(f"{count} rejected corrections pending again")
 
 
 def _selection_arguments(p: argparse.ArgumentParser, runs: bool) -> None:
@@ -581,12 +725,10 @@ def _selection_arguments(p: argparse.ArgumentParser, runs: bool) -> None:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> None:
-    store = open_store(args.store, create=False)
-    try:
-        with TorchServeClient(_target(args), model=args.model) as client:
-            before, after = served.rollback(client, served.ServedRecord(store, args.model_store, args.model))
-    finally:
-        store.close()
+    from serving.torchserve import served
+
+    with _store(args.store) as store, TorchServeClient(_target(args), model=args.model) as client:
+        before, after = served.rollback(client, served.ServedRecord(store, args.model_store, args.model))
     print(
         f"{args.model}: version {after} is the default again (was {before}); a restart, and every replica that "
         "follows the store, serves it too"
@@ -601,21 +743,14 @@ def _rollback_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_feedback_export(args: argparse.Namespace) -> None:
-    store = open_store(args.store, create=False)
     consumed = {"pending": False, "consumed": True, "all": None}[args.state]
-    try:
+    with _store(args.store) as store:
         print(json.dumps(transfer.export_folder(store, args.out, consumed, args.model, args.author), indent=2))
-    finally:
-        store.close()
 
 
 def _cmd_feedback_copy(args: argparse.Namespace) -> None:
-    source, target = open_store(args.source, create=False), open_store(args.target)
-    try:
+    with _store(args.source) as source, _store(args.target, create=True) as target:
         print(json.dumps(transfer.copy_store(source, target), indent=2))
-    finally:
-        source.close()
-        target.close()
 
 
 def _cmd_feedback_backup(args: argparse.Namespace) -> None:
@@ -629,7 +764,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
     with Client.for_target(
         _target(args), args.feedback or f"{settings.LOOPBACK}:0", timeout=args.timeout, feedback_ca=args.feedback_ca
     ) as client:
-        checks = services.health(client, args.model, bool(args.feedback))
+        checks = health.health(client, args.model, bool(args.feedback))
     print(json.dumps(checks))
     return 0 if all(checks.values()) else 1
 
@@ -647,6 +782,9 @@ def _health_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
+    from finetune import checkpoint
+    from serving.torchserve import archive
+
     if args.checkpoint.endswith(".mar"):
         print(json.dumps(archive.describe(args.checkpoint), indent=2))
         return
@@ -654,48 +792,128 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_data(args: argparse.Namespace) -> None:
+    from finetune import data
+
     print(json.dumps(data.export(_data_config(args), args.split, args.out), indent=2))
 
 
-def _command(sub, name: str, help: str, func, add_arguments=None) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    if add_arguments:
-        add_arguments(p)
-    p.set_defaults(func=func)
-    return p
+def _export_data_arguments(p: argparse.ArgumentParser) -> None:
+    from finetune import decoy_digits
+
+    _data_arguments(p)
+    p.add_argument("--split", choices=decoy_digits.SPLITS, default="train", help="split of the built-in set")
+    p.add_argument("--out", required=True, help="folder to write images/ and maps/ into")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _feedback_serve_arguments(p: argparse.ArgumentParser) -> None:
+    _feedback_arguments(p)
+    p.add_argument(
+        "--checkpoint",
+        nargs="*",
+        default=[],
+        help="checkpoints of the served models: labels are checked against their classes",
+    )
+
+
+def _filter_arguments(p: argparse.ArgumentParser) -> None:
+    _store_argument(p)
+    p.add_argument("--model", default="", help="only this model")
+    p.add_argument("--author", default="", help="only this author's")
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    _filter_arguments(p)
+    p.add_argument("--out", required=True, help="folder to write images/ and maps/ into")
+    p.add_argument(
+        "--state",
+        choices=("pending", "consumed", "all"),
+        default="all",
+        help="only the corrections no run has used yet (pending), only those a run used (consumed), or all",
+    )
+
+
+def _copy_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, help="store to read")
+    p.add_argument("--to", dest="target", required=True, help="store to write (made where there is none)")
+
+
+def _withdraw_arguments(p: argparse.ArgumentParser) -> None:
+    _store_argument(p)
+    p.add_argument("--id", required=True, help="the correction")
+    p.add_argument("--author", required=True, help="its author (only they may withdraw it)")
+
+
+def _backup_arguments(p: argparse.ArgumentParser) -> None:
+    _store_argument(p)
+    p.add_argument("--out", required=True, help="the new file")
+
+
+def _expert_arguments(p: argparse.ArgumentParser) -> None:
+    _store_argument(p)
+    p.add_argument("name", help="the expert's name, which signs their corrections")
+
+
+def _expert_add_arguments(p: argparse.ArgumentParser) -> None:
+    _expert_arguments(p)
+    p.add_argument(
+        "--role",
+        choices=settings.ROLES,
+        default="expert",
+        help="operator: may also roll back, requeue and reject from the editor's Models page",
+    )
+
+
+def _review_add_arguments(p: argparse.ArgumentParser) -> None:
+    _review_arguments(p)
+    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    p.add_argument(
+        "--priority",
+        choices=sorted(review.PRIORITIES),
+        default=review.QueueConfig.priority,
+        help="what puts an image first: margin (its top two classes close) or entropy (its attention spread out)",
+    )
+    p.add_argument("--limit", type=int, help="at most this many images, in name order")
+
+
+def _review_list_arguments(p: argparse.ArgumentParser) -> None:
+    _review_arguments(p)
+    p.add_argument("--label", default="", help="only items of this predicted class")
+    p.add_argument("--limit", type=int, default=settings.REVIEW_LIST_DEFAULT, help="at most this many items")
+
+
+def _info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint (.pt) or an archive (.mar)")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command with its arguments; given only (a command's name), that command's arguments alone, the
+    others listed without theirs: their defaults import what `abn health` must not load (the module's docstring)."""
     parser = argparse.ArgumentParser(prog="abn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    _command(sub, "train", "train a model from scratch", _cmd_train, _train_arguments)
-    p = _command(sub, "evaluate", "accuracy of a checkpoint on a data set", _cmd_evaluate, _data_arguments)
-    p.add_argument("checkpoint")
-    p.add_argument("--split", choices=decoy_digits.SPLITS, default="test", help="split of a built-in set")
-    _command(sub, "finetune", "fine-tune a checkpoint on corrected attention maps", _cmd_finetune, _finetune_arguments)
-    _command(sub, "package", "build a TorchServe archive (.mar) from a checkpoint", _cmd_package, _package_arguments)
-    p = _command(sub, "serve", "run TorchServe with archives from the model store", _cmd_serve, _serve_arguments)
-    p.add_argument(
-        "--models",
-        nargs="+",
-        default=[f"{settings.MODEL_NAME}={archive.archive_name(settings.MODEL_NAME, 1)}"],
-        help="NAME=ARCHIVE pairs to load (with --follow, what the store records as served wins)",
-    )
-    p.add_argument(
-        "--follow",
-        action="store_true",
-        help="serve the versions the feedback store records as served, and follow each promotion (replicas that "
-        "share a store and a model store)",
-    )
-    _store_argument(p)
-    _command(
+
+    def command(group, name: str, help: str, func, add_arguments=None) -> None:
+        p = group.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if add_arguments and only in (None, p.prog.split()[1]):  # prog: "abn feedback list"
+            add_arguments(p)
+        p.set_defaults(func=func)
+
+    def commands(name: str, help: str):
+        """A command whose commands follow: abn feedback list, ..."""
+        return sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", required=True, metavar="command")
+
+    command(sub, "train", "train a model from scratch", _cmd_train, _train_arguments)
+    command(sub, "evaluate", "accuracy of a checkpoint on a data set", _cmd_evaluate, _evaluate_arguments)
+    command(sub, "finetune", "fine-tune a checkpoint on corrected attention maps", _cmd_finetune, _finetune_arguments)
+    command(sub, "package", "build a TorchServe archive (.mar) from a checkpoint", _cmd_package, _package_arguments)
+    command(sub, "serve", "run TorchServe with archives from the model store", _cmd_serve, _serve_command_arguments)
+    command(
         sub,
         "demo",
         "the whole loop on built-in data: train, serve, correct, retrain, compare",
         _cmd_demo,
         _demo_arguments,
     )
-    _command(
+    command(
         sub,
         "retrain",
         "fine-tune the served model on pending feedback and promote it",
@@ -703,120 +921,130 @@ def build_parser() -> argparse.ArgumentParser:
         _retrain_arguments,
     )
 
-    fsub = sub.add_parser("feedback", help="the feedback service and its store").add_subparsers(
-        dest="feedback_command", required=True, metavar="command"
+    fsub = commands("feedback", "the feedback service and its store")
+    command(fsub, "serve", "run the feedback service", _cmd_feedback_serve, _feedback_serve_arguments)
+    command(
+        fsub,
+        "stats",
+        "counts of stored corrections by state, label, model version and author",
+        _cmd_feedback_stats,
+        _filter_arguments,
     )
-    p = _command(fsub, "serve", "run the feedback service", _cmd_feedback_serve, _feedback_arguments)
-    p.add_argument(
-        "--checkpoint",
-        nargs="*",
-        default=[],
-        help="checkpoints of the served models: labels are checked against their classes",
+    command(
+        fsub,
+        "list",
+        "the corrections, oldest first, each with its state and why",
+        _cmd_feedback_list,
+        _filter_arguments,
     )
-    for name, help, func in (
-        ("stats", "counts of stored corrections by state, label, model version and author", _cmd_feedback_stats),
-        ("list", "the corrections, oldest first, each with its state and why", _cmd_feedback_list),
-        ("export", "write corrections as an image folder plus a maps folder", _cmd_feedback_export),
-    ):
-        p = _command(fsub, name, help, func, _store_argument)
-        p.add_argument("--model", default="", help="only this model")
-        p.add_argument("--author", default="", help="only this author's")
-    p.add_argument("--out", required=True)
-    p.add_argument("--state", choices=("pending", "consumed", "all"), default="all")
-    p = _command(
+    command(
+        fsub,
+        "export",
+        "write corrections as an image folder plus a maps folder",
+        _cmd_feedback_export,
+        _export_arguments,
+    )
+    command(
         fsub,
         "copy",
         "copy every correction, as it is, from one store into another (e.g. to PostgreSQL); "
         "rerun after an interruption",
         _cmd_feedback_copy,
+        _copy_arguments,
     )
-    p.add_argument("--from", dest="source", required=True, help="store to read")
-    p.add_argument("--to", dest="target", required=True, help="store to write")
-    p = _command(fsub, "reject", "set pending corrections aside: retraining will not use them", _cmd_feedback_reject)
-    _selection_arguments(p, runs=False)
-    p = _command(fsub, "requeue", "make rejected corrections pending again", _cmd_feedback_requeue)
-    _selection_arguments(p, runs=True)
-    p = _command(
+    command(
+        fsub,
+        "reject",
+        "set pending corrections aside: retraining will not use them",
+        _cmd_feedback_reject,
+        lambda p: _selection_arguments(p, runs=False),
+    )
+    command(
+        fsub,
+        "requeue",
+        "make rejected corrections pending again",
+        _cmd_feedback_requeue,
+        lambda p: _selection_arguments(p, runs=True),
+    )
+    command(
         fsub,
         "withdraw",
         "take back a pending correction for its author: retraining will not use it",
         _cmd_feedback_withdraw,
-        _store_argument,
+        _withdraw_arguments,
     )
-    p.add_argument("--id", required=True, help="the correction")
-    p.add_argument("--author", required=True, help="its author (only they may withdraw it)")
-    p = _command(
+    command(
         fsub,
         "backup",
         "copy a SQLite store into a new file while the service runs",
         _cmd_feedback_backup,
-        _store_argument,
+        _backup_arguments,
     )
-    p.add_argument("--out", required=True, help="the new file")
 
-    _command(
+    command(
         sub,
         "rollback",
         "make the version before the served one the default again, and record it",
         _cmd_rollback,
         _rollback_arguments,
     )
-    _command(
+    command(
         sub,
         "editor",
         "the attention editor: a web page where experts review and correct maps",
         _cmd_editor,
         _editor_arguments,
     )
-    esub = sub.add_parser("experts", help="the experts who may correct maps, each with a token").add_subparsers(
-        dest="experts_command", required=True, metavar="command"
+    esub = commands("experts", "the experts who may correct maps, each with a token")
+    command(esub, "add", "add an expert and print their token (once)", _cmd_experts_add, _expert_add_arguments)
+    command(esub, "list", "the experts, by name", _cmd_experts_list, _store_argument)
+    command(esub, "remove", "remove an expert: their token stops working", _cmd_experts_remove, _expert_arguments)
+    rsub = commands("review", "the review queue the editor shows")
+    command(
+        rsub,
+        "add",
+        "predict every image of a folder and queue it, least certain first",
+        _cmd_review_add,
+        _review_add_arguments,
     )
-    p = _command(esub, "add", "add an expert and print their token (once)", _cmd_experts_add, _store_argument)
-    p.add_argument("name")
-    _command(esub, "list", "the experts, by name", _cmd_experts_list, _store_argument)
-    p = _command(esub, "remove", "remove an expert: their token stops working", _cmd_experts_remove, _store_argument)
-    p.add_argument("name")
-    rsub = sub.add_parser("review", help="the review queue the editor shows").add_subparsers(
-        dest="review_command", required=True, metavar="command"
+    command(
+        rsub, "list", "the items waiting for review, highest priority first", _cmd_review_list, _review_list_arguments
     )
-    p = _command(rsub, "add", "predict every image of a folder and queue it, least certain first", _cmd_review_add)
-    _review_arguments(p)
-    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    p.add_argument("--priority", choices=sorted(review.PRIORITIES), default=review.QueueConfig.priority)
-    p.add_argument("--limit", type=int, help="at most this many images, in name order")
-    p = _command(rsub, "list", "the items waiting for review, highest priority first", _cmd_review_list)
-    _review_arguments(p)
-    p.add_argument("--label", default="", help="only items of this predicted class")
-    p.add_argument("--limit", type=int, default=settings.REVIEW_LIST_DEFAULT)
-    _command(
+    command(
         sub,
         "up",
         "the main job on embedded defaults: train the demo model, archive it, serve it",
         _cmd_up,
         _up_arguments,
     )
-    _command(sub, "health", "check that the services answer (exit status 0) or not (1)", _cmd_health, _health_arguments)
-    p = _command(sub, "info", "print a checkpoint's metadata, or an archive's (.mar) settings and build", _cmd_info)
-    p.add_argument("checkpoint")
-    p = _command(
+    command(sub, "health", "check that the services answer (exit status 0) or not (1)", _cmd_health, _health_arguments)
+    command(
+        sub,
+        "info",
+        "print a checkpoint's metadata, or an archive's (.mar) settings and build",
+        _cmd_info,
+        _info_arguments,
+    )
+    command(
         sub,
         "export-data",
         "write a built-in set as an image folder plus a maps folder",
         _cmd_export_data,
-        _data_arguments,
+        _export_data_arguments,
     )
-    p.add_argument("--split", choices=decoy_digits.SPLITS, default="train")
-    p.add_argument("--out", required=True, help="folder to write images/ and maps/ into")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # the command's own arguments alone (the module's docstring says why); none asked for: all, for the help
+    args = build_parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("serving").setLevel(logging.INFO)  # the services' own lines: health changes, incidents
     try:
         return args.func(args) or 0
-    except (DataError, NotFoundError, OSError, ValueError, RuntimeError, sqlite3.Error, psycopg.Error) as e:
+    # finetune's DataError is a ValueError: caught here without importing finetune (torch)
+    except (NotFoundError, OSError, ValueError, RuntimeError, sqlite3.Error, psycopg.Error) as e:
         print(f"abn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:

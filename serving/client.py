@@ -8,7 +8,10 @@ service. One object for both, built from where they listen:
     client.submit_feedback(image, corrected_map, prediction=prediction, author="ana")
 
 Its parts, client.torchserve (serving.torchserve.client) and client.feedback
-(serving.feedback.client), can be used alone.
+(serving.feedback.client), can be used alone. A refused call raises grpc.RpcError
+whose code() and details() say what is wrong in words (TorchServe's answers
+through serving.torchserve.client.plain_error: an unknown model or version is
+NOT_FOUND, naming those served).
 """
 
 from collections.abc import Iterator

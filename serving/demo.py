@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from finetune import decoy_digits, expert, train
 from finetune.evaluate import attention_agreement
 from finetune.images import resize_map
+from finetune.progress import track
 from finetune.visualize import map_rows
 from handlers import wire
 from serving import retraining, settings
@@ -55,7 +55,7 @@ def _predict_split(client: Client, split: decoy_digits.Split, n: int, what: str)
     """Accuracy over gRPC on the first n images, and the predictions."""
     predictions = [
         client.predict(_png(split.images[i, 0].numpy()), top_k=1)
-        for i in tqdm(range(n), desc=what, unit="img", leave=False)
+        for i in track(range(n), desc=what, unit="img", leave=False)
     ]
     correct = sum(p.scores[0].index == int(split.labels[i]) for i, p in enumerate(predictions))
     return correct / n, predictions
@@ -86,7 +86,7 @@ def run(cfg: DemoConfig) -> dict:
         print(f"3. version 1 over gRPC: {before:.1%} right on {n} test images, whose decoys show random classes")
 
         sent = looked = 0
-        for i in tqdm(range(len(training.labels)), desc="expert", unit="img", leave=False):
+        for i in track(range(len(training.labels)), desc="expert", unit="img", leave=False):
             if sent == cfg.corrections:
                 break
             looked += 1

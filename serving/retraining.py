@@ -41,7 +41,7 @@ from finetune.data import ImageFolder
 from finetune.gate import GateConfig
 from finetune.knowledge import TuneConfig
 from serving import settings
-from serving.feedback.store import FeedbackStore, Item, display_url, open_store
+from serving.feedback.store import FeedbackStore, Item, Run, StoreUnavailable, display_url, open_store
 from serving.torchserve import archive, served
 from serving.torchserve.client import NOT_UP, TorchServeClient
 from serving.torchserve.config import ServeConfig, Target
@@ -310,6 +310,7 @@ class Retrain:
         self.client = None if cfg.publish else TorchServeClient(cfg.target, model=cfg.model)
         self.record = served.ServedRecord(store, cfg.model_store, cfg.model)
         self.report: dict = {"run": self.id, "model": cfg.model, "steps": [], "outcome": None}
+        self.used: list[str] = []  # the corrections it took past the snapshot: recorded with the run
 
     def step(self, name: str) -> None:
         self.report["steps"].append(name)
@@ -343,6 +344,7 @@ class Retrain:
         if reason:
             self.store.set_reason(used, f"waiting for more: {reason}")
             return self._stopped(reason)
+        self.used = used
         check, tune = split(items, self.cfg.holdout)
         replay, own_val = candidate.own_data(meta, self.cfg.replay_data)
         trusted = {"validation split": own_val}
@@ -414,7 +416,7 @@ class Retrain:
 
     def promote(self, pending: dict) -> dict:
         """Steps 6 and 7 for an archive that is built; pending.json goes once they are done."""
-        self.id, self.report = pending["run"], pending["report"]
+        self.id, self.report, self.used = pending["run"], pending["report"], pending["feedback"]
         self.folder = self.workdir / self.id
         consumed = 0
         client = self.client
@@ -439,15 +441,21 @@ class Retrain:
             self.step("consume")
             consumed = self.store.mark_consumed(pending["feedback"], self.id, pending["version"])
 
-        served.promote(
-            client,
-            self.record,
-            pending["archive"],
-            pending["version"],
-            self.report["served_version"],
-            live_check_and_consume,
-            self.step,
-        )
+        try:
+            served.promote(
+                client,
+                self.record,
+                pending["archive"],
+                pending["version"],
+                self.report["served_version"],
+                live_check_and_consume,
+                self.step,
+            )
+        except NOT_UP as e:
+            raise StepFailure(
+                f"TorchServe at {self.cfg.target.management} did not take {pending['archive']} "
+                f"({_plain_error(e)}): the archive is kept, and the next run promotes it without training again"
+            ) from None
         return self._promoted(pending, consumed, "the default")
 
     def _promoted(self, pending: dict, consumed: int, how: str) -> dict:
@@ -498,12 +506,13 @@ def _run_locked(cfg: RetrainConfig, peers: Peers) -> dict | None:
         with store.exclusive("retrain") as held:
             if not held:
                 run, folder = _new_run(Path(cfg.workdir))
-                _stopped(
+                stopped = _stopped(
                     run,
                     folder,
                     f"another run holds the retraining lock of {display_url(cfg.store)}; leaving it to finish",
                     {"model": cfg.model},
                 )
+                _record(store, stopped, time.time())
                 return None
             job = Retrain(cfg, store, peers)
             started = time.time()
@@ -515,9 +524,42 @@ def _run_locked(cfg: RetrainConfig, peers: Peers) -> dict | None:
                 job.failed(e)
                 raise
             finally:
+                _record(store, job.report, started, job.folder / "report.png", job.used)
                 job.close()
     finally:
         store.close()
+
+
+def run_record(report: dict, started: float, ended: float) -> Run:
+    """What the store records of a run, from its report (an outcome still None: the run was interrupted)."""
+    verdict = report.get("gate")
+    return Run(
+        run=report["run"],
+        model_name=report["model"],
+        started=started,
+        ended=ended,
+        outcome=report.get("outcome") or "failed",
+        decided_by=verdict["decided_by"] if verdict else "",
+        reason=report.get("reason", "") or ("" if report.get("outcome") else "interrupted"),
+        gate=verdict,
+        corrections_used=report.get("feedback_used", 0),
+        corrections_kept_back=report.get("feedback_checked", 0),
+        served_version=report.get("served_version") or "",
+        version=report.get("promoted_version", ""),
+    )
+
+
+def _record(
+    store: FeedbackStore, report: dict, started: float, image: Path | None = None, feedback: list[str] | None = None
+) -> None:
+    """The run recorded in the store, where the feedback service's metrics and the editor's Models page read it,
+    with its report image (so a page on another machine shows it) and the corrections it took; a store that cannot
+    take it now costs only the record."""
+    png = image.read_bytes() if image is not None and image.exists() else None
+    try:
+        store.record_run(run_record(report, started, time.time()), png, feedback or [])
+    except StoreUnavailable as e:
+        print(f"retrain: run {report['run']} is not recorded in the store: {e}", flush=True)
 
 
 NOT_PENDING = {  # the states a run takes nothing from, in the dry run's words

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from finetune.progress import track
 from handlers import wire
 from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
@@ -80,7 +80,7 @@ def add_folder(client: Client, cfg: QueueConfig) -> dict:
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {cfg.images}")
     result: dict = {"queued": 0, "waiting_already": 0, "refused": {}}
-    for path in tqdm(files, desc="queue", unit="image"):
+    for path in track(files, desc="queue", unit="image"):
         image = path.read_bytes()
         try:
             prediction = client.predict(image, top_k=settings.EDITOR_TOP_K, model=cfg.model)

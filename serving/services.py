@@ -36,6 +36,7 @@ class FeedbackConfig:
     tls_key: str | None = None
     checkpoints: list[str] = field(default_factory=list)  # of the served models: labels are checked against them
     group_linger_s: float = settings.STORE_GROUP_LINGER_S  # SQLite: a commit group's wait for more submissions
+    metrics_port: int | None = settings.FEEDBACK_METRICS_PORT  # Prometheus metrics over HTTP; None: not served
 
     @property
     def host(self) -> str:
@@ -79,10 +80,14 @@ def start_feedback(cfg: FeedbackConfig, store: FeedbackStore | None = None) -> t
     store = store or open_store(cfg.store, group_linger=cfg.group_linger_s)
     token = write_token(cfg.token_file) if cfg.token_file else None
     tls = (Path(cfg.tls_cert).read_bytes(), Path(cfg.tls_key).read_bytes()) if cfg.tls_cert and cfg.tls_key else None
-    server = FeedbackServer(store, cfg.address, token, tls, known_classes(cfg.checkpoints))
+    server = FeedbackServer(
+        store, cfg.address, token, tls, known_classes(cfg.checkpoints), metrics_port=cfg.metrics_port
+    )
+    metrics_url = f"http://{settings.local_address(cfg.host)}:{server.metrics_port}/metrics"
+    metrics = f", Prometheus metrics on {metrics_url}" if server.metrics_port else ""
     print(
         f"feedback service on {cfg.host}:{server.port} ({'TLS' if tls else 'plaintext'}), store "
-        f"{display_url(cfg.store)}" + (f", token in {cfg.token_file}" if token else ", no token"),
+        f"{display_url(cfg.store)}" + (f", token in {cfg.token_file}" if token else ", no token") + metrics,
         flush=True,
     )
     return server, store
@@ -256,6 +261,7 @@ def _up_services(cfg: UpConfig, store: FeedbackStore, name: str) -> None:
                 feedback_ca=cfg.editor.feedback_ca or ca,
                 classes=cfg.editor.classes or known_classes(cfg.feedback.checkpoints),
                 inputs=cfg.editor.inputs or known_inputs(cfg.feedback.checkpoints),
+                model_store=cfg.editor.model_store or str(cfg.serve.model_store),
             )
         )
     if cfg.retrain_schedule:
@@ -273,14 +279,3 @@ def _up_services(cfg: UpConfig, store: FeedbackStore, name: str) -> None:
             gateway[0].stop()
             gateway[1].close()
         server.stop()  # calls in flight finish; the store closes after the follower stops
-
-
-def health(client: Client, model: str = "", feedback: bool = True) -> dict[str, bool]:
-    """TorchServe answers its ping; the model has a ready worker (when named); the feedback service answers
-    SERVING (when asked)."""
-    checks = {"torchserve": client.ping()}
-    if model:
-        checks[f"model {model}"] = client.model_ready(model)
-    if feedback:
-        checks["feedback"] = client.feedback_serving()
-    return checks

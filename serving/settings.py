@@ -27,6 +27,7 @@ EDITOR_PORT = 7073  # the attention editor (HTTP: the page and its JSON API)
 HTTP_INFERENCE_PORT = 8080  # TorchServe HTTP inference
 HTTP_MANAGEMENT_PORT = 8081  # TorchServe HTTP management: token renewal
 METRICS_PORT = 8082  # TorchServe Prometheus metrics
+FEEDBACK_METRICS_PORT = 7074  # the feedback service's Prometheus metrics (HTTP /metrics; the editor's: on its port)
 
 # Paths, relative to the working folder
 RUNS = "runs"
@@ -63,6 +64,9 @@ SHUTDOWN_GRACE_S = 30  # calls in flight may finish within this when a service s
 REVIEW_LEASE_S = 600.0  # an expert's claim on a review item; an abandoned item waits again after it
 REVIEW_LIST_DEFAULT = 50  # items a listing returns when the caller sets no limit
 REVIEW_LIST_MAX = 1000
+HISTORY_LIST_DEFAULT = 100  # retraining runs, or operator actions, a history listing returns by default
+HISTORY_LIST_MAX = 1000
+ROLES = ("expert", "operator")  # an expert's role: an operator may also roll back, requeue and reject
 EXPERT_CACHE_S = 5.0  # how long the service trusts a looked-up expert token: a removed expert is out after it
 EXPERT_CACHE_MAX = 10_000  # tokens remembered; past it the memory is cleared, so wrong tokens cannot grow it
 REVIEW_CLAIM_TRIES = 20  # candidates one claim tries while other experts take them first

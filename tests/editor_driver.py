@@ -20,7 +20,7 @@ The page's stable handles (ids unless said otherwise):
 import json
 import time
 
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, Request, Response
 
 WIDE = {"width": 1400, "height": 900}
 
@@ -37,6 +37,28 @@ def poll(page: Page, script: str, timeout: float = 30.0):
     raise AssertionError(f"timed out waiting for {script}")
 
 
+def watch_files(page: Page, url: str) -> list[str]:
+    """The page's own files (scripts, styles, icons: same origin, not the API, whose refusals tests provoke) that
+    fail to load from now on, as "status url" or "failure url", in a list that grows."""
+    origin = url.rstrip("/") + "/"
+    missing: list[str] = []
+
+    def own_file(request: Request) -> bool:
+        return request.url.startswith(origin) and not request.url.startswith(origin + "api/")
+
+    def answered(response: Response) -> None:
+        if response.status >= 400 and own_file(response.request):
+            missing.append(f"{response.status} {response.url}")
+
+    def failed(request: Request) -> None:  # e.g. net::ERR_ABORTED: a style answered 404 in JSON, refused unread
+        if own_file(request):
+            missing.append(f"{request.failure} {request.url}")
+
+    page.on("response", answered)
+    page.on("requestfailed", failed)
+    return missing
+
+
 class Editor:
     """One expert's page."""
 
@@ -44,11 +66,14 @@ class Editor:
         self.page = browser.new_context(viewport=viewport or WIDE).new_page()
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.missing = watch_files(self.page, url)
         self.page.goto(url)
         self.page.fill("#token", token)
         self.page.click("#signin-button")
         self.page.wait_for_selector("#queue")
         poll(self.page, "document.querySelector('#expert-name').textContent.trim() !== '…'")
+        # the page's scripts, styles and icons have loaded by now: its script filled in the expert's name
+        assert not self.missing, f"the page's own files that did not load: {self.missing}"
 
     def state(self) -> dict:
         return self.page.evaluate("window.editorState()")

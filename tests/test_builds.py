@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from figures import assert_figure
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.builds import graph_conv_flops
@@ -130,7 +131,8 @@ def test_the_gpu_benchmark_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert all(r["per_second"] > 0 for r in report["served"])
     assert all(r["stages_ms"]["decode"] > 0 for r in report["served"] if r["workers"] == 1)
     assert report["archive abn_fp16"]["choice"]["candidates"][0]["passed"]
-    assert "| served | abn_fp16 | 2 | 8 |" in done.stdout and (tmp_path / "gpu.png").stat().st_size > 0
+    assert "| served | abn_fp16 | 2 | 8 |" in done.stdout
+    assert_figure(tmp_path / "gpu.png", (700, 700))  # throughput and p99 against concurrency
 
 
 def test_the_graphs_convolution_flops_are_the_eager_models(ckpt, tmp_path):

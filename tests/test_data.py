@@ -267,3 +267,31 @@ def test_broken_exif_is_the_images_fault():
     broken = encoded(Image.new("RGB", (8, 8)), "PNG", exif=b"Exif\x00\x00not a TIFF header")
     with pytest.raises(ImageError, match="cannot be decoded: not a TIFF file"):
         open_image(broken)
+
+
+def test_tag_decoy_sits_at_one_place_on_every_image_of_its_class_only():
+    size = decoy_digits.DEFAULT_DECOY_SIZE["tag"]
+    pattern = torch.from_numpy(decoy_digits.tag(size))
+    assert pattern.sum() > 0 and not torch.equal(pattern, torch.ones_like(pattern))  # a pattern, not a square
+
+    def tagged(images: torch.Tensor) -> torch.Tensor:
+        return (images[:, 0, :size, :size] == pattern).flatten(1).all(1)
+
+    for split in ("train", "val"):
+        images, labels, masks, decoys = decoy_digits.build(split, decoy="tag")
+        own = labels == decoy_digits.TAG_CLASS
+        assert torch.equal(tagged(images), own), split  # every image of its class, no other
+        assert (decoys[own, 0, :size, :size] == 1).all() and decoys[own].sum() == own.sum() * size * size
+        assert decoys[~own].sum() == 0 and (masks * decoys).sum() == 0
+        clean = decoy_digits.build(split, clean=True)[0]
+        assert torch.equal(images[~own], clean[~own])  # nothing else changed
+        assert torch.equal(images[own, :, size:], clean[own, :, size:])
+
+    # the test split: the tag points to the wrong class, on every other class and never on its own
+    images, labels = decoy_digits.build("test", decoy="tag")[:2]
+    assert torch.equal(tagged(images), labels != decoy_digits.TAG_CLASS)
+    only, only_labels = decoy_digits.build("decoy-only", decoy="tag")[:2]
+    assert tagged(only).all() and (only_labels == decoy_digits.TAG_CLASS).all()
+    assert int((only > 0).flatten(1).sum(1).max()) == int(pattern.sum())  # nothing but the tag
+    d = data.load(DataConfig(decoy="tag"), (32, 32))
+    assert d.source["decoy"] == "tag" and d.source["decoy_size"] == size and sorted(d.evals) == ["decoy-only", "test"]

@@ -1,7 +1,10 @@
 import json
 import shutil
+import sqlite3
+from contextlib import closing
 
 import pytest
+from figures import assert_figure
 
 from serving import cli
 
@@ -25,4 +28,9 @@ def test_the_walkthrough_completes_and_improves_the_served_model(tmp_path, capsy
     assert result["retrain"]["outcome"] == "promoted" and result["corrections"] == 60
     assert result["test_accuracy"]["2"] > result["test_accuracy"]["1"] + 0.1
     assert result["attention_on_digit"]["2"] > result["attention_on_digit"]["1"]
-    assert (out / "demo.png").stat().st_size > 0
+    assert_figure(out / "demo.png", (540, 1440))  # 8 test images, each with the maps of versions 1 and 2
+    # the demo's store: version 2 served, and every correction consumed by the run that made it
+    with closing(sqlite3.connect(f"file:{out / 'feedback.db'}?mode=ro", uri=True)) as db:
+        assert db.execute("SELECT model_name, archive, version FROM served").fetchall() == [("abn", "abn.v2.mar", "2")]
+        states = db.execute("SELECT consumed_by, promoted_version, COUNT(*) FROM feedback GROUP BY 1, 2").fetchall()
+    assert states == [(result["retrain"]["run"], "2", 60)] and result["retrain"]["consumed"] == 60

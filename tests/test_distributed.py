@@ -125,6 +125,10 @@ def test_two_ranks_reach_the_quality_of_one_process_and_only_rank_0_writes(bench
     assert stdout["1"] == ""
     report = json.loads((root / "two" / "report.json").read_text())
     assert report["processes"] == 2 and [h["epoch"] for h in report["history"]] == list(range(1, EPOCHS + 1))
+    # each rank trained on its half of every epoch, where the one process trained on all 320 images
+    one = json.loads((root / "one" / "report.json").read_text())
+    assert [h["images"] for h in one["history"]] == [[320]] * EPOCHS
+    assert [h["images"] for h in report["history"]] == [[160, 160]] * EPOCHS
 
     _, meta = checkpoint.load(root / "two" / "checkpoint.pt")
     assert set(meta) == set(checkpoint.read_metadata(root / "one" / "checkpoint.pt"))
@@ -200,6 +204,7 @@ def test_candidate_tune_runs_on_every_rank_and_rank_0_gets_the_model(bench, tmp_
     launch([*TORCHRUN, str(tmp_path / "tune.py"), str(parent), str(tmp_path / "tuned.pt")])
     tuned = torch.load(tmp_path / "tuned.pt", weights_only=True)
     assert [h["epoch"] for h in tuned["history"]] == [1, 2]
+    assert [h["images"] for h in tuned["history"]] == [[24, 24]] * 2  # the 48 corrections, half on each rank
     before, _ = checkpoint.load(parent)
     for k, v in before.state_dict().items():  # frozen features unchanged, the branches learnt
         assert torch.equal(v, tuned["state_dict"][k]) == k.startswith("features."), k

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from editor_driver import Editor, poll
+from editor_driver import Editor, poll, watch_files
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
@@ -437,12 +437,13 @@ def test_messages_lose_server_class_names_and_ids():
 
 def test_without_a_valid_token_there_is_only_the_sign_in_page(stack):
     page = stack["browser"].new_context().new_page()
+    missing = watch_files(page, stack["url"])
     page.goto(stack["url"])
     assert page.query_selector("#token") and not page.query_selector("#canvas")
     page.fill("#token", "not-a-token")
     page.click("#signin-button")
     poll(page, "document.querySelector('#signin-error').textContent.length > 0")
-    assert "not an expert" in page.text_content("#signin-error")
+    assert "not an expert" in page.text_content("#signin-error") and not missing
     for path in ("/api/queue", "/api/me", "/api/models", "/api/openapi.json"):
         assert page.request.get(stack["url"] + path).status == 401
     answer = page.request.post(stack["url"] + "/api/predict", data={"image": ""})

@@ -210,6 +210,8 @@ def test_sixteen_threads_lose_nothing(service):
         ),
         (dict(attention=wire.map_to_proto(np.ones((4, 8)))), "INVALID_ARGUMENT", "aspect ratio"),
         (dict(label="cat", model_name="abn"), "INVALID_ARGUMENT", "label: 'cat' is not a class of model 'abn'"),
+        (dict(label="cat"), "INVALID_ARGUMENT", "model_name: empty, but label is 'cat': name the model it is a class"),
+        (dict(predicted_label="3"), "INVALID_ARGUMENT", "model_name: empty, but predicted_label is '3'"),
         (dict(author="x" * 300), "INVALID_ARGUMENT", "author: longer than 256"),
         (dict(author="ana\x00"), "INVALID_ARGUMENT", "author: control characters are not accepted"),
         (dict(label="../x"), "INVALID_ARGUMENT", "label: '../x' is not a plain name"),
@@ -270,9 +272,8 @@ def test_the_message_limit_is_the_services_and_the_clients_one_setting(service):
     assert service["store"].stats()["total"] == 0
 
 
-def test_labels_without_a_model_are_not_checked_and_get_of_unknown_id(service):
+def test_get_of_an_unknown_id(service):
     client = service["client"]
-    assert client.submit_feedback(png(1), a_map(), label="cat").created
     with pytest.raises(grpc.RpcError) as e:
         client.get_feedback("nope")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -288,6 +289,35 @@ def test_an_invalid_since_is_the_callers_mistake(service):
     with pytest.raises(grpc.RpcError) as e:
         list(stub.ListFeedback(request, metadata=[("authorization", f"Bearer {service['token']}")], timeout=10))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("since:")
+
+
+def test_a_list_of_an_unknown_state_is_the_callers_mistake(service):
+    stub = feedback_pb2_grpc.FeedbackServiceStub(grpc.insecure_channel(f"127.0.0.1:{service['port']}"))
+    with pytest.raises(grpc.RpcError) as e:
+        list(
+            stub.ListFeedback(
+                feedback_pb2.ListFeedbackRequest(state=99),
+                metadata=[("authorization", f"Bearer {service['token']}")],
+                timeout=10,
+            )
+        )
+    assert (
+        e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details() == "state: 99 is not a FeedbackState"
+    )
+
+
+def test_an_experts_withdrawal_naming_another_author_is_refused_as_a_listing_is(service):
+    """An expert's token acts for its expert only: naming someone else is refused, not quietly replaced."""
+    admin, store = service["client"].feedback, service["store"]
+    ana = admin.with_token(experts.add(store, "ana"))
+    mine = ana.submit(png(1), a_map(), label="3", model_name="abn").id
+    for call in (lambda: ana.withdraw(mine, author="bo"), lambda: list(ana.list(author="bo"))):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert e.value.details() == "author: an expert's token acts on 'ana''s own corrections only"
+    assert store.get(mine).state == "pending"
+    assert ana.withdraw(mine, author="ana").state == feedback_pb2.FEEDBACK_STATE_WITHDRAWN  # naming oneself is fine
 
 
 def test_a_call_without_the_token_is_refused_but_health_and_reflection_answer(service):
@@ -429,6 +459,8 @@ def test_every_acknowledged_submission_survives_sigkill(tmp_path):
         f"127.0.0.1:{port}",
         "--token-file",
         str(tmp_path / "token"),
+        "--feedback-metrics-port",
+        "0",  # none: a fixed port could be taken
     ]
 
     def start():

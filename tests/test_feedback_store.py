@@ -1,17 +1,18 @@
 """The feedback store itself, on SQLite and on a real, throwaway PostgreSQL server (tests/conftest.py)."""
 
 import io
-import sqlite3
+import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import psycopg
 import pytest
+from old_stores import write_old_store
 from PIL import Image
 
-from serving import cli
+from serving import cli, settings
 from serving.client import Client
 from serving.feedback.server import FeedbackServer
 from serving.feedback.store import (
@@ -46,14 +47,6 @@ def an_item(seed: int = 1, **fields) -> Item:
 
 def count(store, table: str) -> int:
     return store._execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request, tmp_path):
-    """The URL of a new, empty store of each kind."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'feedback.db'}"
-    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
@@ -252,28 +245,11 @@ def test_each_state_says_why_and_a_consumed_correction_names_the_version_it_went
 
 
 def _old_store(url: str, path) -> list[str]:
-    """A store as the version before masks and withdrawals left it: its schema (the first four migrations, run
-    by the database's own driver) and one correction in it, written with that version's columns."""
-    old = 4
+    """A store as the version before masks and withdrawals left it: four migrations, one correction."""
     columns = "id, image_sha256, map_height, map_width, map_values, label, author, created"
     row = ("old-1", "sha-1", 4, 6, np.ones((4, 6), "<f4").tobytes(), "3", "ana", time.time())
-    if url.startswith("sqlite"):
-        db = sqlite3.connect(path)
-        for migration in MIGRATIONS[:old]:
-            db.executescript(migration)
-        db.execute(f"PRAGMA user_version={old}")
-        db.execute("INSERT INTO images VALUES (?, ?)", ("sha-1", png(1)))
-        db.execute(f"INSERT INTO feedback ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-        db.commit()
-        db.close()
-    else:
-        with psycopg.connect(url, autocommit=True) as db:
-            for migration in POSTGRES_MIGRATIONS[:old]:
-                db.execute(migration)
-            db.execute("CREATE TABLE abn_schema (version INTEGER NOT NULL)")
-            db.execute("INSERT INTO abn_schema VALUES (%s)", (old,))
-            db.execute("INSERT INTO images VALUES (%s, %s)", ("sha-1", png(1)))
-            db.execute(f"INSERT INTO feedback ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+    insert = f"INSERT INTO feedback ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    write_old_store(url, path, 4, [("INSERT INTO images VALUES (?, ?)", ("sha-1", png(1))), (insert, row)])
     return ["old-1"]
 
 
@@ -425,7 +401,8 @@ def test_copy_store_keeps_ids_state_images_and_maps_and_a_second_copy_skips_all(
     source.set_reason(first[2:3], "held back")
     source.withdraw(first[4], "ana")
     target = open_store(postgres_url)
-    assert copy_store(source, target) == {"copied": 5, "skipped": 0, "marked_consumed": 0, "marked_withdrawn": 0}
+    nothing = {"marked_consumed": 0, "marked_rejected": 0, "marked_withdrawn": 0}
+    assert copy_store(source, target) == {"copied": 5, "skipped": 0, **nothing}
     copied = list(target.items())
     for a, b in zip(source.items(), copied, strict=True):  # in the same order, every field equal
         for name in ("attention", "decided"):
@@ -445,12 +422,40 @@ def test_copy_store_keeps_ids_state_images_and_maps_and_a_second_copy_skips_all(
     source.withdraw(late, "bo")  # an author withdrew one that had been copied,
     source.submit(an_item(9))  # one more since, as if the first copy had been interrupted,
     source.mark_consumed(first[2:4], "run-2")  # and a retraining run consumed two meanwhile
-    assert copy_store(source, target) == {"copied": 1, "skipped": 6, "marked_consumed": 2, "marked_withdrawn": 1}
-    assert copy_store(source, target) == {"copied": 0, "skipped": 7, "marked_consumed": 0, "marked_withdrawn": 0}
+    assert copy_store(source, target) == {
+        "copied": 1,
+        "skipped": 6,
+        **nothing,
+        "marked_consumed": 2,
+        "marked_withdrawn": 1,
+    }
+    assert copy_store(source, target) == {"copied": 0, "skipped": 7, **nothing}
     states = [(i.consumed_by, i.promoted_version, i.state) for i in target.items(with_data=False)]
     assert states == [("run-1", "2", "consumed")] * 2 + [("run-2", "", "consumed")] * 2 + [
         (None, "", "withdrawn"), (None, "", "withdrawn"), (None, "", "pending")]  # fmt: skip
     assert [item.id for item in target.items(with_data=False)] == [item.id for item in source.items()]
+    source.close()
+    target.close()
+
+
+def test_copy_store_carries_rejections_and_withdrawals_as_they_were(tmp_path, url):
+    """Whether an item was rejected or withdrawn before the first copy or between two: the target holds who
+    rejected it and why, and when its author withdrew it (not when it was copied)."""
+    source, target = SQLiteStore(tmp_path / "source.db"), open_store(url)
+    ids = [source.submit(an_item(i, author="ana"))[0] for i in range(4)]
+    source.mark_rejected(ids[:1], "20260101T000000Z", "attention on the kept-back corrections fell")
+    source.withdraw(ids[1], "ana")
+    assert copy_store(source, target)["copied"] == 4
+    source.mark_rejected(ids[2:3], "operator bo", "the image is blurred")
+    source.withdraw(ids[3], "ana")
+    caught_up = copy_store(source, target)
+
+    def fields(store) -> list[tuple]:
+        return [(i.id, i.state, i.rejected_by, i.reason, i.withdrawn) for i in store.items(with_data=False)]
+
+    assert fields(target) == fields(source)
+    assert [state for _, state, *_ in fields(target)] == ["rejected", "withdrawn", "rejected", "withdrawn"]
+    assert caught_up == {"copied": 0, "skipped": 4, "marked_consumed": 0, "marked_rejected": 1, "marked_withdrawn": 1}
     source.close()
     target.close()
 
@@ -468,25 +473,37 @@ def test_copy_store_refuses_an_item_whose_key_the_target_gave_to_another(tmp_pat
 def test_a_backup_taken_while_a_writer_runs_is_whole_and_restores(tmp_path, capsys):
     live = SQLiteStore(tmp_path / "live.db")
     stop = threading.Event()
+    written = 0
+    progress = threading.Condition()
 
     def write():
-        i = 0
+        nonlocal written
         while not stop.is_set():
-            live.submit(an_item(i % 50))
-            i += 1
+            live.submit(an_item(written % 50))
+            with progress:
+                written += 1
+                progress.notify_all()
+
+    def until_written(n: int) -> None:
+        with progress:
+            assert progress.wait_for(lambda: written >= n, timeout=60), f"the writer wrote {written} of {n}"
 
     writer = threading.Thread(target=write)
     writer.start()
-    time.sleep(0.3)
     backup = tmp_path / "backup.db"
-    assert cli.main(["feedback", "backup", "--store", str(tmp_path / "live.db"), "--out", str(backup)]) == 0
+    try:
+        until_written(20)  # the writer runs before the backup starts
+        committed = written  # items whose submit returned: the backup must hold them
+        assert cli.main(["feedback", "backup", "--store", str(tmp_path / "live.db"), "--out", str(backup)]) == 0
+        until_written(written + 20)  # and still runs after it ends
+    finally:
+        stop.set()
+        writer.join()
     assert oct(backup.stat().st_mode & 0o777) == "0o600"  # a copy of every image and author
-    stop.set()
-    writer.join()
     assert cli.main(["feedback", "backup", "--store", str(tmp_path / "live.db"), "--out", str(backup)]) == 2
     assert "exists" in capsys.readouterr().err
     saved = SQLiteStore(backup)
-    assert saved.integrity() == "ok" and 0 < saved.stats()["total"] <= live.stats()["total"]
+    assert saved.integrity() == "ok" and committed <= saved.stats()["total"] < live.stats()["total"] == written
     saved_ids = [i.id for i in saved.items(with_data=False)]
     assert saved_ids == [i.id for i in live.items(with_data=False)][: len(saved_ids)]  # a prefix: a snapshot
     # restoring into an empty store by copying gives back every saved item, as it was
@@ -538,6 +555,50 @@ def test_the_feedback_service_runs_on_postgres_by_changing_one_variable(tmp_path
     check = open_store(postgres_url)
     assert check.stats()["total"] == 1 and check.get(answer.id).idempotency_key == "pg-1"
     check.close()
+
+
+def test_the_answer_deadline_follows_the_urls_statement_timeout(postgres_url):
+    """A URL that lets statements run longer than the default: a statement past the default answer deadline,
+    within the URL's statement_timeout, is answered rather than cut off as a server that does not answer."""
+    slow = settings.STORE_ANSWER_DEADLINE_S + 1
+    store = PostgresStore(f"{postgres_url}?options=-c%20statement_timeout%3D{(slow + 10) * 1000}")
+    other = PostgresStore(f"{postgres_url}?options=-c%20search_path%3Dpublic")  # options that set no timeout
+    try:
+        assert store._execute("SELECT pg_sleep(?), 'answered'", (slow,)).fetchone()[1] == "answered"
+        assert other._execute("SHOW statement_timeout").fetchone()[0] == f"{settings.STORE_STATEMENT_TIMEOUT_S}s"
+    finally:
+        store.close()
+        other.close()
+
+
+def test_the_lock_connection_keeps_alive_on_both_sides(postgres_url, monkeypatch):
+    """The connection that holds exclusive()'s lock sends nothing for a whole retraining run: TCP keepalive, on
+    this side (libpq) and on the server's, notices within a minute that the other side was cut off, so the server
+    ends the session and releases the lock, and this side stops relying on it."""
+    store = PostgresStore(postgres_url)
+    opened = []
+    connect = store._connect
+    monkeypatch.setattr(store, "_connect", lambda: opened.append(connect()) or opened[-1])
+    try:
+        with store.exclusive("retrain") as held:
+            assert held
+            [lock] = opened
+            with socket.socket(fileno=os.dup(lock.fileno())) as sock:
+                ours = [
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    *(
+                        sock.getsockopt(socket.IPPROTO_TCP, o)
+                        for o in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+                    ),
+                ]
+            assert ours == [1, 30, 10, 3]
+            theirs = lock.execute(
+                "SELECT setting FROM pg_settings WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', "
+                "'tcp_keepalives_count') ORDER BY name"
+            ).fetchall()
+            assert [int(v) for (v,) in theirs] == [3, 30, 10]  # count, idle, interval
+    finally:
+        store.close()
 
 
 def test_a_sqlite_store_is_readable_by_its_owner_only(tmp_path):

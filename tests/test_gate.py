@@ -2,6 +2,7 @@
 figures of stroke-like corrections measured by finetune.evaluate."""
 
 import numpy as np
+import pytest
 import torch
 
 from finetune import decoy_digits, expert
@@ -66,15 +67,58 @@ def test_every_criterion_says_how_many_it_saw():
     assert nothing["promote"] and "on 0 corrections" in criterion(nothing, IGNORE)["detail"]
 
 
-def test_a_change_of_exactly_the_tolerance_passes_and_beyond_it_refuses():
+def failing(verdict: dict) -> list[str]:
+    return [c["name"] for c in verdict["criteria"] if not c["passed"]]
+
+
+def test_a_change_of_exactly_the_margin_passes_and_a_step_beyond_it_refuses():
+    """Each criterion at its boundary, on figures that move every item alike (the interval is the change itself,
+    wholly on the wrong side): a change equal to the margin promotes ("must not fall by more than"), a step
+    beyond it refuses, and the verdict names that criterion alone."""
     served = [0.50 + 0.01 * k for k in range(12)]
-    cfg = GateConfig(attention_tolerance=0.01)
-    for moved, promotes in ((0.01, True), (0.011, False)):
+    cfg = GateConfig(max_drop=0.05, attention_tolerance=0.01)
+    for moved, promotes in ((0.01, True), (0.0101, False)):
         rose = judge(figures([1] * 50, [1] * 50, ignore=(served, [s + moved for s in served])), [], cfg)
         fell = judge(figures([1] * 50, [1] * 50, attend=(served, [s - moved for s in served])), [], cfg)
-        assert rose["promote"] is promotes and fell["promote"] is promotes, moved
-    drop = judge(figures([1] * 200, [1] * 190 + [0] * 10), ["validation split"], GateConfig(max_drop=0.05))
-    assert drop["criteria"][0]["drop"] == 0.05 and drop["promote"]  # a fall of exactly max_drop
+        for verdict, name, change in ((rose, IGNORE, moved), (fell, ATTEND, -moved)):
+            c = criterion(verdict, name)
+            assert c["change"] == pytest.approx(change, abs=1e-12) and c["samples"] == 12
+            assert c["interval"] == pytest.approx([change, change], abs=1e-12)
+            assert verdict["promote"] is promotes, (name, moved)
+            assert verdict["decided_by"] == ("every criterion passed" if promotes else name)
+            assert failing(verdict) == ([] if promotes else [name])
+    for wrong, promotes in ((10, True), (11, False)):  # of 200 images: a fall of 0.050, then 0.055
+        verdict = judge(figures([1] * 200, [1] * (200 - wrong) + [0] * wrong), ["validation split"], cfg)
+        c = criterion(verdict, "accuracy on validation split")
+        assert c["drop"] == wrong / 200 and c["interval"][0] > 0  # not chance: the margin alone decides
+        assert verdict["promote"] is promotes and failing(verdict) == ([] if promotes else [c["name"]])
+        assert verdict["decided_by"] == ("every criterion passed" if promotes else c["name"])
+
+
+def test_the_first_failing_criterion_in_order_decides():
+    served = [0.50 + 0.01 * k for k in range(12)]
+    verdict = judge(
+        figures([1] * 200, [1] * 160 + [0] * 40, ignore=(served, [s + 0.2 for s in served])),
+        ["validation split"],
+        GateConfig(),
+    )
+    assert failing(verdict) == ["accuracy on validation split", IGNORE]
+    assert not verdict["promote"] and verdict["decided_by"] == "accuracy on validation split"
+
+
+def test_the_reported_figures_never_decide():
+    """Accuracy, attention IoU and share inside on the kept-back corrections are reported, never judged: all three
+    collapse while the attention on decided pixels holds, and the run promotes."""
+    check = figures([1] * 50, [1] * 50)["check_feedback"]
+    check["served"].update(accuracy=1.0, map_iou=0.9, map_share=0.9, mapped_samples=12)
+    check["candidate"].update(accuracy=0.0, map_iou=0.0, map_share=0.0, mapped_samples=12)
+    verdict = judge({**figures([1] * 50, [1] * 50), "check_feedback": check}, ["validation split"], GateConfig())
+    assert verdict["promote"] and verdict["decided_by"] == "every criterion passed"
+    reported = verdict["reported"]
+    assert reported["accuracy on kept-back corrections"] == [1.0, 0.0]
+    assert reported["attention IoU on decided pixels of kept-back corrections"] == [0.9, 0.0]
+    assert reported["attention share inside, on decided pixels of kept-back corrections"] == [0.9, 0.0]
+    assert reported["kept-back corrections"] == 12
 
 
 def test_each_attention_criterion_alone_refuses():

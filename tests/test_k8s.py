@@ -138,7 +138,9 @@ def listening_ports(args) -> set[int]:
     """The ports a parsed `abn` command listens on."""
     if command_of(args) == ("serve",):
         return {args.port, args.management_port, args.http_port, args.http_management_port, args.metrics_port}
-    if command_of(args) in (("feedback", "serve"), ("editor",)):
+    if command_of(args) == ("feedback", "serve"):
+        return {int(args.address.rsplit(":", 1)[1]), args.feedback_metrics_port} - {0}
+    if command_of(args) == ("editor",):
         return {int(args.address.rsplit(":", 1)[1])}
     return set()
 
@@ -355,6 +357,28 @@ def test_the_feedback_token_is_the_mounted_secret():
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     secret = objects(BASE, "Secret")[volume["secret"]["secretName"]]
     assert token_file.relative_to(mount["mountPath"]).as_posix() in secret["data"]
+
+
+def test_prometheus_finds_every_metrics_endpoint():
+    """The pods that serve metrics ask to be scraped (prometheus.io annotations, on a port that answers them), and
+    deploy/prometheus/kubernetes.yml keeps exactly the ports that answer /metrics: TorchServe's, the feedback
+    service's and the editor's."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kubernetes.yml").read_text())
+    (keep,) = (r for r in config["scrape_configs"][0]["relabel_configs"] if "container_port_name" in str(r))
+    kept = {}
+    for workload in objects(BASE, "Deployment").values():
+        template = workload["spec"]["template"]
+        annotations, name = template["metadata"].get("annotations", {}), workload["metadata"]["name"]
+        ports = {p["name"]: p["containerPort"] for c in containers(template["spec"]) for p in c.get("ports", [])}
+        if annotations.get("prometheus.io/scrape") == "true":
+            kept[name] = {port for p, port in ports.items() if re.fullmatch(keep["regex"], p)}
+            assert int(annotations["prometheus.io/port"]) in kept[name], name  # for annotation-driven setups
+            assert annotations["prometheus.io/path"] == "/metrics", name
+    assert kept == {
+        "abn-inference": {settings.METRICS_PORT, settings.EDITOR_PORT},
+        "abn-feedback": {settings.FEEDBACK_METRICS_PORT},
+    }
+    assert parse(the("abn-feedback", "feedback")["args"]).feedback_metrics_port == settings.FEEDBACK_METRICS_PORT
 
 
 def test_the_pods_run_as_the_images_user_without_privileges():

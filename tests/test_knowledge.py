@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from figures import assert_figure
 from PIL import Image
 
 from finetune import candidate, checkpoint, expert
@@ -223,7 +224,7 @@ def test_finetune_command_writes_a_new_version_and_a_report(tmp_path, parent, ca
     report = json.loads((out / "report.json").read_text())
     assert len(report["history"]) == 2 and report["before"]["mapped_samples"] == 8
     assert {"map_share", "map_iou", "accuracy"} <= set(report["after"])
-    assert (out / "report.png").stat().st_size > 0
+    assert_figure(out / "report.png", (720, 1440))  # a row per edited image: it, its maps before, corrected, after
 
 
 def test_finetune_command_rejects_maps_that_do_not_match(tmp_path, parent, capsys):

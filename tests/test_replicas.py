@@ -3,6 +3,7 @@ that was down serves the recorded version when it comes back, and one retraining
 store's lock (a PostgreSQL advisory lock, released when its holder dies). Real `abn serve --follow` and
 `abn retrain` processes, real TorchServe instances, a real PostgreSQL server."""
 
+import json
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import png
 
-from finetune import checkpoint, decoy_digits, train
+from finetune import candidate, checkpoint, decoy_digits, train
+from finetune.knowledge import TuneConfig
 from serving import settings
 from serving.feedback.store import Item, open_store
 from serving.torchserve import archive, served
@@ -201,3 +203,9 @@ def test_a_retraining_run_under_torchrun_fine_tunes_on_two_ranks_and_rank_0_alon
     assert run.stdout.count("is recorded as served") == 1  # rank 0 alone promotes
     assert served_version(url) == "2" and (shared / "abn.v2.mar").exists()
     assert len([p for p in (tmp_path / "retrain").iterdir() if p.is_dir()]) == 1  # one run folder, rank 0's
+    # both processes fine-tuned, each on its half of the epoch: the corrections, repeated, beside the replay
+    report = json.loads(next((tmp_path / "retrain").glob("*/report.json")).read_text())
+    replay = len(candidate.own_data(checkpoint.read_metadata(archive.checkpoint_of(shared / "abn.v1.mar")))[0])
+    used = report["feedback_used"]
+    epoch = used * candidate.repeats(used, replay, TuneConfig().correction_share) + replay
+    assert [h["images"] for h in report["history"]] == [[-(-epoch // 2)] * 2]  # DistributedSampler pads to halves

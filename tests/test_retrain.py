@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import png
+from PIL import Image
 
-from finetune import checkpoint, data, decoy_digits, expert, train
+from finetune import candidate, checkpoint, data, decoy_digits, expert, train
 from finetune.data import DataConfig, TensorSet
 from finetune.evaluate import evaluate
 from finetune.images import resize_map
@@ -27,7 +28,7 @@ from serving.feedback.server import FeedbackServer, write_token
 from serving.feedback.store import Item, SQLiteStore
 from serving.torchserve import archive, served
 from serving.torchserve.archive import ArchiveConfig
-from serving.torchserve.config import ServeConfig
+from serving.torchserve.config import ServeConfig, free_port
 from serving.torchserve.process import TorchServe
 from serving.torchserve.served import ServedRecord
 
@@ -87,17 +88,22 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
         assert not (tmp_path / "retrain" / "pending.json").exists()
 
-        # TorchServe unreachable at promotion (here: made to fail at registering): the archive is kept
-        with pytest.raises(retraining.StepFailure):
-            run_with(fail_at="register")
+        # a failure after the new version became the default: version 1 is the default again, the archive is kept
+        with pytest.raises(retraining.StepFailure, match="live_check"):
+            run_with(fail_at="live_check")
         assert (tmp_path / "retrain" / "pending.json").exists() and (tmp_path / "store" / "abn.v2.mar").exists()
         assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
         assert record.archive() is None  # a restart serves version 1
 
-        # a failure after the new version became the default: version 1 is the default again
-        with pytest.raises(retraining.StepFailure):
-            run_with(fail_at="live_check")
+        # TorchServe unreachable at promotion: its management address a port nothing listens on
+        dead = dataclasses.replace(job.target, management=f"127.0.0.1:{free_port()}")
+        with pytest.raises(retraining.StepFailure, match=f"TorchServe at {dead.management} did not take abn.v2.mar"):
+            run_with(target=dead)
+        assert (tmp_path / "retrain" / "pending.json").exists() and (tmp_path / "store" / "abn.v2.mar").exists()
         assert default_version() == "1" and store.stats("abn")["by_state"] == {"pending": FEEDBACK}
+        assert record.archive() is None
+        failed = last_report(tmp_path / "retrain")
+        assert failed["outcome"] == "failed" and "the next run promotes it" in failed["reason"]
 
         # the next run promotes the archive it built before, without training again
         report = run_with()
@@ -108,17 +114,30 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         assert {i.promoted_version for i in store.items(with_data=False)} == {"2"}
         assert not (tmp_path / "retrain" / "pending.json").exists()
         assert record.archive() == tmp_path / "store" / "abn.v2.mar"  # and after
-        assert (tmp_path / "retrain" / report["run"] / "report.png").stat().st_size > 0
+
+        # the run's report says what the store and the data hold
+        folder = tmp_path / "retrain" / report["run"]
+        assert json.loads((folder / "report.json").read_text()).items() <= report.items()
+        used, checked = report["feedback_used"], report["feedback_checked"]
+        assert used + checked == report["distinct_images"] == FEEDBACK == report["consumed"]
+        assert checked == round(FEEDBACK * job.holdout)
+        assert {i.consumed_by for i in store.items(with_data=False)} == {report["run"]}
+        assert [h["epoch"] for h in report["history"]] == list(range(1, job.tune.epochs + 1))
         kept_back = report["figures"]["check_feedback"]
+        assert kept_back["served"]["mapped_samples"] == kept_back["candidate"]["mapped_samples"] == checked
         assert kept_back["candidate"]["map_iou"] > kept_back["served"]["map_iou"]
         assert report["gate"]["promote"] and report["gate"]["decided_by"] == "every criterion passed"
-        assert [c["name"] for c in report["gate"]["criteria"]] == [
-            "accuracy on validation split",
-            "accuracy on gate folder",
-            "attention on ignore pixels of kept-back corrections",
-            "attention on attend pixels of kept-back corrections",
-        ]
-        assert all(c["samples"] > 0 for c in report["gate"]["criteria"])
+        _, own_val = candidate.own_data(checkpoint.read_metadata(run / "checkpoint.pt"))
+        seen = {c["name"]: c["samples"] for c in report["gate"]["criteria"] if c["passed"]}
+        assert seen == {
+            "accuracy on validation split": len(own_val),
+            "accuracy on gate folder": len(list((tmp_path / "gate" / "images").rglob("*.png"))),
+            "attention on ignore pixels of kept-back corrections": checked,
+            "attention on attend pixels of kept-back corrections": checked,
+        }
+        with Image.open(folder / "report.png") as drawn:  # a row per kept-back correction shown (6 at most), 5 panels
+            assert drawn.format == "PNG" and drawn.size == (5 * 180, min(6, checked) * 180)
+            assert np.asarray(drawn.convert("L")).std() > 10  # drawn on, not blank
 
         # the promoted version scores higher on the test split than the one it replaced
         test = decoy_digits.build("test")
@@ -129,6 +148,8 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
         print(f"test accuracy: version 1 {before:.4f}, version 2 {after:.4f}")
         assert after > before + 0.1
         assert new_meta["version"] == 2 and new_meta["parent_version"] == 1
+        tuned_on = {"feedback": used, "run": report["run"], "config": dataclasses.asdict(job.tune)}
+        assert new_meta["trained_on"]["finetuned_on"] == tuned_on
 
         # nothing pending any more: the next run stops early
         assert run_with()["outcome"] == "stopped"
@@ -161,6 +182,8 @@ def test_the_loop_repairs_a_served_model_and_survives_faults(tmp_path):
             )
         report = run_with()
         assert report["outcome"] == "refused" and report["gate"]["decided_by"].startswith("accuracy on")
+        refusing = next(c for c in report["gate"]["criteria"] if c["name"] == report["gate"]["decided_by"])
+        assert not refusing["passed"] and refusing["drop"] > job.gate.max_drop and refusing["interval"][0] > 0
         assert report["rejected"] == 200 and default_version() == "2"
         assert store.stats("abn")["by_state"] == {"consumed": FEEDBACK, "rejected": 5200}
         refused = {i.reason for i in store.items(with_data=False, rejected=True) if i.rejected_by == report["run"]}

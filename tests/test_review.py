@@ -129,10 +129,15 @@ def test_the_listing_can_show_only_what_open_next_would_offer(store):
 
 
 def test_an_expired_lease_puts_the_item_back(store):
+    now = [1_000_000.0]
+    store.clock = lambda: now[0]  # the leases' clock, moved by hand: no waiting, no race with a busy machine
     rid, _ = store.add_review(entry(0, 0.5))
-    store.claim_review("ana", lease_s=0.2)
-    assert store.claim_review("bo") is None
-    time.sleep(0.3)
+    assert store.claim_review("ana", lease_s=60).lease_until == 1_000_060.0
+    now[0] += 59.9
+    assert store.claim_review("bo") is None and store.review_offered("bo") == 0
+    assert [e.id for e in store.review_items(viewer="bo")] == []
+    now[0] += 0.2  # the lease lapsed: the item is offered and listed to others again
+    assert store.review_offered("bo") == 1 and [e.id for e in store.review_items(viewer="bo")] == [rid]
     assert store.claim_review("bo").id == rid
     with pytest.raises(ClaimError, match="your claim expired and another expert took it"):
         store.submit(Item(image=png(0), attention=np.ones((4, 4), np.float32), author="ana", review_id=rid))

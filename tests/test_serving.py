@@ -1,5 +1,6 @@
 """The serving path, for real: a TorchServe on loopback ports, talked to over gRPC."""
 
+import base64
 import io
 import json
 import re
@@ -7,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,10 @@ from handlers import wire
 from handlers.stubs.torchserve import inference_pb2, inference_pb2_grpc
 from serving import protos, settings
 from serving.client import Client
+from serving.editor.gateway import EditorConfig, EditorServer
+from serving.feedback import experts
+from serving.feedback.server import FeedbackServer, write_token
+from serving.feedback.store import SQLiteStore
 from serving.torchserve import archive
 from serving.torchserve.archive import ArchiveConfig
 from serving.torchserve.client import decode_prediction, read_keys
@@ -106,13 +112,26 @@ def test_prediction_matches_the_model_in_process(served, model_name):
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
     client, model, meta = served["client"], served["model"], served["meta"]
     images = sample_images(24)
+    log = served["cfg"].workdir / "logs" / "model_log.log"
+    start = log.stat().st_size  # what the module's other cases logged comes before
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda im: client.predict(im, top_k=10), images))
     for image, pred in zip(images, answers):
         assert np.abs(probabilities(pred) - in_process(model, meta, image)[0]).max() <= 1e-4
     assert len({p.prediction_id for p in answers}) == len(images)
-    log = (served["cfg"].workdir / "logs" / "model_log.log").read_text()
-    assert "batch of " in log  # TorchServe handed the handler more than one request at once
+    # TorchServe handed abn's handler more than one of these requests at once; the worker's lines reach the log
+    # through TorchServe a moment after the answers
+    batched = re.compile(r"W-\d+-abn_1-stdout MODEL_LOG - batch of ")
+    deadline = time.monotonic() + 30
+    while not batched.search(logged_since(log, start)):
+        assert time.monotonic() < deadline, logged_since(log, start)[-3000:]
+        time.sleep(0.1)
+
+
+def logged_since(log: Path, offset: int) -> str:
+    with open(log, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 @pytest.mark.parametrize("model_name", ["abn", "abn_torch"])
@@ -253,6 +272,75 @@ def test_json_answer_for_rest_users(served):
     body = json.loads(answer.prediction)
     assert body["model_name"] == "abn" and len(body["scores"]) == 2
     assert body["attention"]["height"] == 16 and len(body["attention"]["values"]) == 256
+
+
+def refusal(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    return e.value
+
+
+def test_torchserves_refusals_reach_callers_plainly(served):
+    """TorchServe appends Java class names to its messages and answers an unknown model or version of a
+    prediction as INTERNAL: the client says what is wrong, with NOT_FOUND naming what is served."""
+    client = served["client"]
+    image = sample_images(1)[0]
+    bad = refusal(lambda: client.predict(b"not an image"))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad.details() == "data: image cannot be decoded: not in an image format Pillow reads"
+    for call in (lambda: client.predict(image, model="nope"), lambda: client.torchserve.describe("nope")):
+        unknown = refusal(call)
+        assert unknown.code() == grpc.StatusCode.NOT_FOUND, unknown.details()
+        said, served_models = unknown.details().split("; the models served: ")
+        assert said == "model 'nope' is not served here" and sorted(served_models.split(", ")) == ["abn", "abn_torch"]
+    version_7 = (
+        lambda: client.predict(image, model="abn", version="7"),
+        lambda: client.torchserve.describe("abn", "7"),
+    )
+    for call in version_7:
+        unknown = refusal(call)
+        assert unknown.code() == grpc.StatusCode.NOT_FOUND
+        assert unknown.details() == "model 'abn' has no version '7'; its versions: 1"
+    missing = refusal(lambda: client.torchserve.register("missing.mar"))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND and missing.details() == "Model not found at: missing.mar"
+    assert client.predict(image).scores  # still serving
+
+
+def test_the_editor_answers_an_unknown_model_not_found_and_a_bad_image_plainly(served, tmp_path):
+    """The gateway's answers to TorchServe's refusals, through a real feedback service (to sign in) and the
+    gateway on loopback: the expert reads what to do, never a Java class name."""
+    store = SQLiteStore(tmp_path / "feedback.db")
+    feedback = FeedbackServer(store, "127.0.0.1:0", write_token(tmp_path / "token"))
+    token = experts.add(store, "ana")
+    client = Client.for_services(served["cfg"], f"127.0.0.1:{feedback.port}")
+    editor = EditorServer(EditorConfig(address="127.0.0.1:0", target=served["cfg"].target, model="nope"), client)
+    url = f"http://127.0.0.1:{editor.port}"
+
+    def post(path: str, body: dict, cookie: str = "") -> tuple[int, dict, str]:
+        headers = {"Content-Type": "application/json", "Cookie": cookie}
+        request = urllib.request.Request(url + path, json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, {}, answer.headers.get("Set-Cookie", "")
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e), ""
+
+    try:
+        status, _, cookie = post("/api/session", {"token": token})
+        assert status == 204
+        cookie = cookie.split(";")[0]
+        image = base64.b64encode(sample_images(1)[0]).decode()
+        status, answer, _ = post("/api/predict", {"image": image}, cookie)
+        assert status == 404, answer
+        assert answer["detail"].startswith("The model server cannot predict with it: model 'nope' is not served here")
+        assert "abn_torch" in answer["detail"]
+        status, answer, _ = post("/api/predict", {"image": base64.b64encode(b"not an image").decode()}, cookie)
+        assert status == 400 and "org." not in answer["detail"] and "Exception" not in answer["detail"]
+    finally:
+        editor.stop()
+        client.close()
+        feedback.stop(grace=5)
+        store.close()
 
 
 def test_a_call_without_the_token_is_refused(served):

@@ -2,9 +2,12 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
+from figures import assert_figure
 
-from finetune import checkpoint, train
+from finetune import checkpoint, data, train
 from finetune.data import DataConfig
+from finetune.images import normalize
 from serving import cli
 
 
@@ -15,9 +18,13 @@ def test_short_run_on_clean_digits_is_far_above_chance(tmp_path):
     assert metrics["final"]["test"]["attention_accuracy"] > 0.5
     assert len(metrics["history"]) == 5
     run = tmp_path / "run"
-    for name in ("checkpoint.pt", "train_state.pt", "metrics.json", "attention.png", "curves.png"):
-        assert (run / name).stat().st_size > 0, name
     assert json.loads((run / "metrics.json").read_text())["final"]["test"] == metrics["final"]["test"]
+    state = torch.load(run / "train_state.pt", weights_only=True)  # what a resume starts from
+    assert state["epoch"] == 5 and state["history"] == metrics["history"]
+    saved = checkpoint.load(run / "checkpoint.pt")[0].state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in state["model"].items())  # the model of the last epoch
+    assert_figure(run / "attention.png", (1280, 720))  # 32 validation images, 8 a row
+    assert_figure(run / "curves.png", (600, 400))
     meta = checkpoint.read_metadata(run / "checkpoint.pt")
     assert meta["architecture"] == "abn_small" and meta["classes"] == [str(d) for d in range(10)]
     assert meta["input_size"] == [32, 32] and meta["map_size"] == [16, 16]
@@ -58,6 +65,15 @@ def test_cli_evaluate_and_info(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["evaluate", str(out / "checkpoint.pt"), "--clean", "--split", "val"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["samples"] == 180 and 0 <= result["accuracy"] <= 1
+    # the same checkpoint on the same split, counted here in one plain batch
+    model, meta = checkpoint.load(out / "checkpoint.pt")
+    val = data.builtin_split(DataConfig(clean=True), "val", tuple(meta["input_size"]))
+    with torch.no_grad():
+        answer = model(normalize(val.images, meta["mean"], meta["std"]))
+    assert result["samples"] == len(val.labels) == 180
+    assert result["accuracy"] == (answer.logits.argmax(1) == val.labels).sum().item() / 180
+    assert result["attention_accuracy"] == (answer.attention_logits.argmax(1) == val.labels).sum().item() / 180
+    loss = F.cross_entropy(answer.logits, val.labels) + F.cross_entropy(answer.attention_logits, val.labels)
+    assert result["loss"] == pytest.approx(loss.item(), rel=1e-5)
     assert cli.main(["info", str(out / "checkpoint.pt")]) == 0
     assert json.loads(capsys.readouterr().out)["architecture"] == "abn_small"

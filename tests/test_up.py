@@ -20,12 +20,14 @@ ABN = str(Path(sys.executable).parent / "abn")
 
 
 def test_up_serves_the_editor_with_a_queue_of_test_images(tmp_path):
-    ports = {name: free_port() for name in ("port", "management", "http", "http_management", "metrics", "fb", "ed")}
+    names = ("port", "management", "http", "http_management", "metrics", "fb", "fb_metrics", "ed")
+    ports = {name: free_port() for name in names}
     command = [
         ABN, "up", "--epochs", "1",
         "--port", str(ports["port"]), "--management-port", str(ports["management"]),
         "--http-port", str(ports["http"]), "--http-management-port", str(ports["http_management"]),
         "--metrics-port", str(ports["metrics"]), "--address", f"127.0.0.1:{ports['fb']}",
+        "--feedback-metrics-port", str(ports["fb_metrics"]),
         "--editor-address", f"127.0.0.1:{ports['ed']}",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("ABN_LISTEN_ALL", "ABN_FEEDBACK_STORE")}

@@ -12,7 +12,8 @@ Security: no page or API call but signing in works without a session; every
 answer carries a Content-Security-Policy that allows only the gateway's own
 scripts and styles; writes must be JSON from the gateway's own origin; request
 bodies are bounded. The API is described by OpenAPI (/api/openapi.json, for a
-signed-in expert, and docs/api.md).
+signed-in expert, and docs/api.md). /metrics answers Prometheus without a
+session: requests by route, method and status, and their time (serving.metrics).
 
 What the expert reads is plain: the services' messages lose server class names
 and bare ids (plain), a correction's state is said in words (_fate), and an
@@ -47,10 +48,16 @@ from handlers.stubs.abn.v1 import feedback_pb2, review_pb2
 from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
 from serving.client import Client
+from serving.editor import history
+from serving.metrics import GatewayMetrics
+from serving.torchserve.client import without_class_names
 from serving.torchserve.config import Target
 
 STATIC = Path(__file__).parent / "static"
-ASSETS = {"editor.js": "text/javascript", "signin.js": "text/javascript", "editor.css": "text/css"}
+# The page's scripts (modules, which browsers run only when served as JavaScript) and styles: the folder's .js and
+# .css files when the gateway is imported. Only these names are served from /static/.
+MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css"}
+ASSETS = {p.name: MEDIA_TYPES[p.suffix] for p in sorted(STATIC.glob("*")) if p.suffix in MEDIA_TYPES}
 COOKIE = "abn_editor_session"
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
@@ -70,7 +77,6 @@ UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, g
 REFUSED_KEY = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 SIGN_IN = ("POST", "/api/session")  # the one API call without a session
 # Server class names (org.pytorch.serve....Exception:) and bare ids mean nothing to an expert: plain() drops them.
-CLASS_NAME = re.compile(r"\b(?:[a-z_][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error)\b:?\s*")
 NAMED_ID = re.compile(r"\b(review item|correction|feedback) '?(?=[0-9]*[a-f])[0-9a-f]{12,}'?")
 BARE_ID = re.compile(r"\s*'?\b(?=[0-9]*[a-f])[0-9a-f]{12,}\b'?")
 ID_WORDS = {"review item": "this item", "correction": "the correction", "feedback": "the correction"}
@@ -114,6 +120,7 @@ class EditorConfig:
     inputs: dict[str, InputShape] = field(default_factory=dict)  # model name -> its inputs, to warn of uploads
     tls_cert: str | None = None  # PEM certificate chain; with tls_key, serve HTTPS (and mark the cookie Secure)
     tls_key: str | None = None
+    model_store: str | None = None  # TorchServe's model store: with it, operators roll back from the Models page
 
     @property
     def host(self) -> str:
@@ -252,7 +259,7 @@ def _mask(body: CorrectionIn) -> np.ndarray | None:
 
 def plain(message: str) -> str:
     """A service's message without server class names and bare ids."""
-    message = CLASS_NAME.sub("", message)
+    message = without_class_names(message)
     message = NAMED_ID.sub(lambda m: ID_WORDS[m.group(1)], message)
     return BARE_ID.sub("", message).strip()
 
@@ -420,6 +427,9 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
                 return _headers(JSONResponse({"detail": "Send JSON (Content-Type: application/json)"}, 415))
         return _headers(await call_next(request))
 
+    metrics = GatewayMetrics()
+    app.add_middleware(metrics.middleware)  # added last, so outermost: it sees every answer, refusals included
+
     def _headers(response: Response) -> Response:
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -468,6 +478,16 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
     def page(abn_editor_session: Annotated[str | None, Cookie()] = None):
         return FileResponse(STATIC / ("index.html" if sessions.get(abn_editor_session) else "signin.html"))
 
+    @app.get("/models", include_in_schema=False)
+    def models_page(abn_editor_session: Annotated[str | None, Cookie()] = None):
+        """The Models page: the history of versions (serving.editor.history)."""
+        return FileResponse(STATIC / ("models.html" if sessions.get(abn_editor_session) else "signin.html"))
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
     @app.get("/static/{name}", include_in_schema=False)
     def asset(name: str):
         if name not in ASSETS:
@@ -513,8 +533,8 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
 
     @app.get("/api/me", tags=["session"])
     def me(s: Signed) -> dict:
-        """The signed-in expert."""
-        return {"expert": s.expert}
+        """The signed-in expert, and whether an operator (who may roll back, requeue and reject)."""
+        return {"expert": s.expert, "operator": feedback(s).identity().operator}
 
     @app.get("/api/models", tags=["models"])
     def models(s: Signed) -> dict:
@@ -579,6 +599,8 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
             code, details = e.code(), e.details()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise HTTPException(400, f"The model refused the image: {plain(details or '')}") from None
+            if code == grpc.StatusCode.NOT_FOUND:  # the item's model (or the editor's --model) is not served
+                raise HTTPException(404, f"The model server cannot predict with it: {plain(details or '')}") from None
             if code in UNREACHABLE:
                 raise HTTPException(503, "The editor cannot reach the model server now; try again soon") from None
             if code in REFUSED_KEY:
@@ -624,6 +646,7 @@ def create_app(cfg: EditorConfig, client: Client, sessions: Sessions | None = No
         totals.update({c.key: c.count for c in stats.by_state})
         return {"items": items[::-1], "totals": totals}
 
+    app.include_router(history.routes(client, cfg.model, cfg.model_store, session))
     return app
 
 

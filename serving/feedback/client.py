@@ -16,7 +16,14 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from handlers import wire
-from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc, review_pb2, review_pb2_grpc
+from handlers.stubs.abn.v1 import (
+    feedback_pb2,
+    feedback_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    review_pb2,
+    review_pb2_grpc,
+)
 from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
 
@@ -41,6 +48,7 @@ class FeedbackClient:
         )
         self._stub = feedback_pb2_grpc.FeedbackServiceStub(self._channel)
         self._review = review_pb2_grpc.ReviewServiceStub(self._channel)
+        self._models = models_pb2_grpc.ModelsServiceStub(self._channel)
         token = Path(token_file).read_text().strip() if token_file else None
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
 
@@ -183,7 +191,47 @@ class FeedbackClient:
 
     def caller(self) -> str:
         """The expert this client's token belongs to; empty for the service token."""
-        return self._call(self._review.GetCaller, review_pb2.GetCallerRequest()).expert
+        return self.identity().expert
+
+    def identity(self) -> review_pb2.GetCallerResponse:
+        """Who this client's token belongs to (expert: empty for the service token), and whether an operator."""
+        return self._call(self._review.GetCaller, review_pb2.GetCallerRequest())
+
+    def runs(self, model_name: str = "", limit: int = 0) -> Sequence[models_pb2.RetrainingRun]:
+        """The recorded retraining runs, newest first, with the gate's figures."""
+        request = models_pb2.ListRunsRequest(model_name=model_name, limit=limit)
+        return list(self._call(self._models.ListRuns, request).runs)
+
+    def run_report(self, run: str) -> bytes:
+        """A run's report image (PNG)."""
+        return self._call(self._models.GetRunReport, models_pb2.GetRunReportRequest(run=run)).png
+
+    def served_version(self, model_name: str) -> models_pb2.GetServedVersionResponse:
+        """The archive and version recorded as served."""
+        return self._call(self._models.GetServedVersion, models_pb2.GetServedVersionRequest(model_name=model_name))
+
+    def set_served_version(
+        self, model_name: str, archive: str, version: str, previous_version: str, reason: str = ""
+    ) -> None:
+        """Record version (in archive) as served instead of previous_version; an operator's or the service's
+        token."""
+        request = models_pb2.SetServedVersionRequest(
+            model_name=model_name, archive=archive, version=version, previous_version=previous_version, reason=reason
+        )
+        self._call(self._models.SetServedVersion, request)
+
+    def requeue_run(self, run: str) -> int:
+        """Make the run's rejected corrections pending again; how many."""
+        return self._call(self._models.RequeueRun, models_pb2.RequeueRunRequest(run=run)).requeued
+
+    def reject_run(self, run: str) -> int:
+        """Set the run's pending corrections aside; how many."""
+        return self._call(self._models.RejectRun, models_pb2.RejectRunRequest(run=run)).rejected
+
+    def operator_actions(self, model_name: str = "", limit: int = 0) -> Sequence[models_pb2.OperatorAction]:
+        """What operators did, newest first."""
+        request = models_pb2.ListOperatorActionsRequest(model_name=model_name, limit=limit)
+        return list(self._call(self._models.ListOperatorActions, request).actions)
 
     def serving(self) -> bool:
         """True when the service's standard health check answers SERVING."""

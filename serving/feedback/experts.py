@@ -8,15 +8,16 @@ from serving import settings
 from serving.feedback.store import FeedbackStore, is_plain_name, token_hash
 
 
-def add(store: FeedbackStore, name: str) -> str:
-    """Record a new expert; returns the token, which is shown this once and never stored."""
+def add(store: FeedbackStore, name: str, role: str = "expert") -> str:
+    """Record a new expert with a role (an operator may also roll back, requeue and reject); returns the token,
+    which is shown this once and never stored."""
     if not name or len(name) > settings.MAX_TEXT or not is_plain_name(name) or name != name.strip():
         raise ValueError(
             f"expert name {name[:40]!r}: give a plain name of at most {settings.MAX_TEXT} characters "
             "(no / or \\, no control characters, no surrounding spaces)"
         )
     token = secrets.token_urlsafe(32)
-    store.add_expert(name, token_hash(token))
+    store.add_expert(name, token_hash(token), role)
     return token
 
 

@@ -1,5 +1,5 @@
-"""The feedback service's gRPC server: abn.v1.FeedbackService and abn.v1.ReviewService, health, reflection, and
-what wraps every call.
+"""The feedback service's gRPC server: abn.v1.FeedbackService, abn.v1.ReviewService and abn.v1.ModelsService,
+health, reflection, and what wraps every call.
 
 Listens on 127.0.0.1:7072 by default. Serves the standard gRPC health service
 and server reflection (so generic tools such as `buf curl` can call it without
@@ -10,9 +10,11 @@ with the service's token or an expert's (`abn experts add`).
 TLS when a certificate and key are given. Messages are bounded; shutdown lets
 calls in flight finish.
 
-Interceptors wrap the handler of every call: StoreGate (outermost: UNAVAILABLE at
-once while the store is unreachable), TokenAuth and ErrorStatus, the one place
-where exceptions become gRPC statuses.
+Interceptors wrap the handler of every call: CallMetrics (outermost: counts and
+times every answer), StoreGate (UNAVAILABLE at once while the store is
+unreachable), TokenAuth and ErrorStatus, the one place where exceptions become
+gRPC statuses. Prometheus metrics (serving.metrics) are served over HTTP on
+metrics_port, when given.
 """
 
 import logging
@@ -30,8 +32,16 @@ from grpc_reflection.v1alpha import reflection
 
 from finetune.images import ImageError
 from handlers import wire
-from handlers.stubs.abn.v1 import feedback_pb2_grpc, review_pb2_grpc
+from handlers.stubs.abn.v1 import (
+    feedback_pb2,
+    feedback_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    review_pb2,
+    review_pb2_grpc,
+)
 from serving import settings
+from serving.feedback.history import MODELS_SERVICE, OPERATOR_METHODS, READ_METHODS, ModelsService
 from serving.feedback.service import (
     EXPERT_METHODS,
     REVIEW_SERVICE,
@@ -50,6 +60,7 @@ from serving.feedback.store import (
     StateError,
     StoreUnavailable,
 )
+from serving.metrics import UNKNOWN, FeedbackMetrics, MetricsServer
 
 logger = logging.getLogger(__name__)
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -88,18 +99,35 @@ def _wrap(handler: grpc.RpcMethodHandler, wrapper: Callable[[Callable, bool], Ca
     return handler
 
 
+# The methods the metrics name; any other is counted as UNKNOWN, so that callers cannot add series.
+METHODS = frozenset(
+    f"/{service.full_name}/{method.name}"
+    for service in (
+        feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"],
+        review_pb2.DESCRIPTOR.services_by_name["ReviewService"],
+        models_pb2.DESCRIPTOR.services_by_name["ModelsService"],
+    )
+    for method in service.methods
+)
+
+
 def _unavailable(request, context):
     context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
 
 
 class TokenAuth(grpc.ServerInterceptor):
     """Refuses calls without `authorization: Bearer <token>` of the service or of an expert, except health checks
-    and reflection; an expert's token opens EXPERT_METHODS only."""
+    and reflection; an expert's token opens EXPERT_METHODS and READ_METHODS only, an operator's OPERATOR_METHODS
+    too."""
 
     MESSAGE = "missing or wrong token: send metadata `authorization: Bearer <token>`"
     EXPERT_MESSAGE = (
         "an expert's token may send, list and withdraw their own corrections and work the review queue; this call "
         "needs the service's"
+    )
+    OPERATOR_MESSAGE = (
+        "only an operator may roll back, requeue or reject: an operator's token is made with "
+        "`abn experts add NAME --role operator`"
     )
 
     def __init__(self, identities: Identities):
@@ -111,6 +139,9 @@ class TokenAuth(grpc.ServerInterceptor):
     def _expert_refused(self, request, context):
         context.abort(grpc.StatusCode.PERMISSION_DENIED, self.EXPERT_MESSAGE)
 
+    def _operator_refused(self, request, context):
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, self.OPERATOR_MESSAGE)
+
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if details.method.startswith(OPEN_METHODS):
@@ -120,8 +151,12 @@ class TokenAuth(grpc.ServerInterceptor):
         except StoreUnavailable as e:  # an expert's token cannot be checked now
             logger.warning("%s: %s", details.method, e)
             return _wrap(handler, lambda behaviour, streams: _unavailable) if handler else None
-        if who == Identities.SERVICE or (who is not None and details.method in EXPERT_METHODS):
+        if who == Identities.SERVICE or (who is not None and details.method in EXPERT_METHODS | READ_METHODS):
             return handler
+        if who is not None and details.method in OPERATOR_METHODS:
+            if self.identities.is_operator(details.invocation_metadata):
+                return handler
+            return _wrap(handler, lambda behaviour, streams: self._operator_refused)
         if who is not None and handler is not None:
             return _wrap(handler, lambda behaviour, streams: self._expert_refused)
         if handler is None:  # no such method: the caller learns nothing of what exists
@@ -186,6 +221,56 @@ class ErrorStatus(grpc.ServerInterceptor):
         return _wrap(handler, wrapper)
 
 
+class CallMetrics(grpc.ServerInterceptor):
+    """Reports every answered call to the metrics: its method, status code and time (a stream's, to its end)."""
+
+    def __init__(self, metrics: FeedbackMetrics):
+        self.metrics = metrics
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method if details.method in METHODS or details.method.startswith(OPEN_METHODS) else UNKNOWN
+
+        def wrapper(behaviour: Callable, streams: bool) -> Callable:
+            def call(request, context):
+                started, response, failed = time.perf_counter(), None, False
+                try:
+                    response = behaviour(request, context)
+                    return response
+                except Exception:
+                    failed = True
+                    raise
+                finally:
+                    seconds = time.perf_counter() - started
+                    self.metrics.answered(method, _code(context, failed), seconds, request, response)
+
+            def stream(request, context) -> Iterator:
+                started, failed, code = time.perf_counter(), False, ""
+                try:
+                    yield from behaviour(request, context)
+                except GeneratorExit:  # the caller went away
+                    code = grpc.StatusCode.CANCELLED.name
+                    raise
+                except Exception:
+                    failed = True
+                    raise
+                finally:
+                    seconds = time.perf_counter() - started
+                    self.metrics.answered(method, code or _code(context, failed), seconds, request)
+
+            return stream if streams else call
+
+        return _wrap(handler, wrapper)
+
+
+def _code(context, failed: bool) -> str:
+    """The status a call ended with: the one it set, else UNKNOWN when it raised (as gRPC answers), else OK."""
+    code = context.code() or (grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
+    return code.name
+
+
 def _aborted(context) -> bool:
     """True when the call already ended with a status (context.abort raises to unwind)."""
     code = context.code()
@@ -223,7 +308,7 @@ class StoreHealth:
                 return
             changed, self._serving = self._serving is not None, serving
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in ("", SERVICE, REVIEW_SERVICE):
+            for name in ("", SERVICE, REVIEW_SERVICE, MODELS_SERVICE):
                 self.servicer.set(name, status)
             if not serving:
                 logger.warning("feedback store unreachable: NOT_SERVING")
@@ -268,7 +353,8 @@ class StoreHealth:
 
 class FeedbackServer:
     """The started server; port is the one it listens on (address may ask for port 0).
-    tls = (certificate chain PEM, private key PEM)."""
+    tls = (certificate chain PEM, private key PEM). metrics_port: where its Prometheus metrics are served over
+    HTTP, on address's host (0: a free port, then metrics_port says which; None: not served)."""
 
     def __init__(
         self,
@@ -281,11 +367,14 @@ class FeedbackServer:
         probe_interval: float = settings.STORE_PROBE_INTERVAL_S,
         review_lease_s: float = settings.REVIEW_LEASE_S,
         probe_deadline: float = settings.STORE_PROBE_DEADLINE_S,
+        metrics_port: int | None = None,
     ):
         health_servicer = health.HealthServicer()
         self.health = StoreHealth(store, health_servicer, probe_interval, probe_deadline)
         identities = Identities(store, token)
-        interceptors: list[grpc.ServerInterceptor] = [StoreGate(self.health)]
+        self.metrics = FeedbackMetrics()
+        self.metrics.watch(store, serving=lambda: self.health.serving is not False, timeout=probe_deadline)
+        interceptors: list[grpc.ServerInterceptor] = [CallMetrics(self.metrics), StoreGate(self.health)]
         interceptors += [TokenAuth(identities)] if token else []
         interceptors.append(ErrorStatus())
         self.server = grpc.server(
@@ -299,14 +388,18 @@ class FeedbackServer:
         review_pb2_grpc.add_ReviewServiceServicer_to_server(
             ReviewService(store, identities, classes, review_lease_s), self.server
         )
+        models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsService(store, identities), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         reflection.enable_server_reflection(
-            (SERVICE, REVIEW_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (SERVICE, REVIEW_SERVICE, MODELS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         if tls:
             self.port = self.server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
         else:
             self.port = self.server.add_insecure_port(address)
+        host = address.rsplit(":", 1)[0]  # before anything starts: a port that is taken stops nothing running
+        self._metrics = None if metrics_port is None else MetricsServer(self.metrics.registry, host, metrics_port)
+        self.metrics_port = None if self._metrics is None else self._metrics.port
         self.health.start()
         self.server.start()
 
@@ -314,6 +407,9 @@ class FeedbackServer:
         """Stop listening; calls in flight may finish within grace seconds."""
         self.health.stop()
         self.server.stop(grace).wait()
+        if self._metrics is not None:
+            self._metrics.stop()
+        self.metrics.close()
 
 
 def write_token(path: str | Path) -> str:

@@ -24,6 +24,7 @@ from handlers.stubs.abn.v1 import feedback_pb2, feedback_pb2_grpc, review_pb2, r
 from handlers.stubs.abn.v1.prediction_pb2 import Prediction
 from serving import settings
 from serving.feedback.store import (
+    Expert,
     FeedbackStore,
     Item,
     NotAuthorError,
@@ -122,7 +123,7 @@ def _check_model(name: str, classes: dict[str, list[str]]) -> None:
     if classes and name and name not in classes:
         raise wire.WireError(
             f"model_name: {name[:40]!r} is not a model this service knows ({', '.join(classes)}); "
-            "leave it empty for another model"
+            "leave it empty, and send no label, for another model"
         )
 
 
@@ -164,6 +165,10 @@ def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]
     known = classes.get(r.model_name)
     for name in ("label", "predicted_label"):
         value = getattr(r, name)
+        if value and classes and not r.model_name:  # a class is a model's: without the model, none is checked
+            raise wire.WireError(
+                f"model_name: empty, but {name} is {value!r}: name the model it is a class of ({', '.join(classes)})"
+            )
         if value and known is not None and value not in known:
             raise wire.WireError(f"{name}: {value!r} is not a class of model {r.model_name!r} ({', '.join(known)})")
     return Item(
@@ -250,7 +255,7 @@ class Identities:
     def __init__(self, store: FeedbackStore, token: str | None, ttl: float = settings.EXPERT_CACHE_S):
         self.store, self.ttl = store, ttl
         self._service = f"Bearer {token}".encode() if token else None
-        self._cache: dict[str, tuple[str | None, float]] = {}
+        self._cache: dict[str, tuple[Expert | None, float]] = {}
         self._lock = threading.Lock()
 
     def caller(self, context) -> str:
@@ -264,23 +269,31 @@ class Identities:
         sent = dict(metadata or ()).get("authorization", "")
         if self._service is not None and secrets.compare_digest(sent.encode(), self._service):
             return self.SERVICE
-        expert = self._expert(sent.removeprefix("Bearer ")) if sent.startswith("Bearer ") else None
+        expert = self._expert(sent)
         if expert is not None:
-            return expert
+            return expert.name
         return self.SERVICE if self._service is None else None
 
-    def _expert(self, token: str) -> str | None:
-        key, now = token_hash(token), time.monotonic()
+    def is_operator(self, metadata) -> bool:
+        """The call's token is an operator's (an expert with the role operator)."""
+        expert = self._expert(dict(metadata or ()).get("authorization", ""))
+        return expert is not None and expert.role == "operator"
+
+    def _expert(self, sent: str) -> Expert | None:
+        """The expert whose token the authorization header sent carries."""
+        if not sent.startswith("Bearer "):
+            return None
+        key, now = token_hash(sent.removeprefix("Bearer ")), time.monotonic()
         with self._lock:
-            name, until = self._cache.get(key, (None, 0.0))
+            expert, until = self._cache.get(key, (None, 0.0))
         if until > now:
-            return name
-        name = self.store.expert_for(key)  # StoreUnavailable goes to the caller: UNAVAILABLE
+            return expert
+        expert = self.store.expert_by_token(key)  # StoreUnavailable goes to the caller: UNAVAILABLE
         with self._lock:
             if len(self._cache) > settings.EXPERT_CACHE_MAX:  # wrong tokens are remembered too
                 self._cache.clear()
-            self._cache[key] = (name, now + self.ttl)
-        return name
+            self._cache[key] = (expert, now + self.ttl)
+        return expert
 
 
 class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
@@ -295,12 +308,12 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
         return feedback_pb2.SubmitFeedbackResponse(id=feedback_id, created=created)
 
     def _author(self, request, context) -> str:
-        """Whose corrections a call may see: an expert's token sees its expert's own only; the service's sees
-        request.author's, or everyone's when it names none."""
+        """Whose corrections a call may see or withdraw: an expert's token, its expert's own only (another author
+        named is refused); the service's, request.author's, or everyone's when it names none."""
         _check_text("author", request.author)
         expert = self.identities.caller(context)
         if expert and request.author not in ("", expert):
-            raise NotAuthorError(f"author: an expert's token sees {expert!r}'s own corrections only")
+            raise NotAuthorError(f"author: an expert's token acts on {expert!r}'s own corrections only")
         return expert or request.author
 
     def GetFeedback(self, request, context):
@@ -346,9 +359,8 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
         )
 
     def WithdrawFeedback(self, request, context):
-        for name in ("id", "author"):
-            _check_text(name, getattr(request, name))
-        author = self.identities.caller(context) or request.author  # an expert withdraws only their own
+        _check_text("id", request.id)
+        author = self._author(request, context)  # an expert withdraws only their own
         if not author:
             raise wire.WireError("author: name the correction's author (a call with the service token acts for one)")
         if not request.id:
@@ -417,4 +429,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
         return review_pb2.ReleaseReviewItemResponse()
 
     def GetCaller(self, request, context):
-        return review_pb2.GetCallerResponse(expert=self.identities.caller(context))
+        return review_pb2.GetCallerResponse(
+            expert=self.identities.caller(context),
+            operator=self.identities.is_operator(context.invocation_metadata()),
+        )

@@ -5,28 +5,31 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from finetune.progress import track
 from serving.feedback.store import ConflictError, FeedbackStore, Item, SQLiteStore, is_plain_name, open_store
 
 
 def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
     """Copy every item of source into target as it is: id, created time, state, idempotency key, image, map
     and mask. Ids the target holds already are skipped, but for their state: one that a retraining run consumed
-    (or its author withdrew) in the source since the last copy is marked so in the target too. So a copy can
-    be run again, after an interruption or to catch up before switching stores. {"copied", "skipped",
-    "marked_consumed", "marked_withdrawn"}."""
+    (or a run or an operator rejected, or its author withdrew) in the source since the last copy is marked so in
+    the target too, by whom, why and when as in the source. So a copy can be run again, after an interruption or
+    to catch up before switching stores. {"copied", "skipped", "marked_consumed", "marked_rejected",
+    "marked_withdrawn"}."""
     present = {item.id: item.state for item in target.items(with_data=False)}
     total = source.stats()["total"]
-    copied = skipped = marked = withdrawn = 0
-    with tqdm(total=total, unit="item", desc="copying feedback", disable=total < 1000) as progress:
+    copied = skipped = marked = rejected = withdrawn = 0
+    with track(total=total, unit="item", desc="copying feedback", disable=total < 1000) as progress:
         for item in source.items(with_data=False):
             if item.id in present:
                 skipped += 1
                 if item.consumed_by and present[item.id] != "consumed":
                     marked += target.mark_consumed([item.id], item.consumed_by, item.promoted_version)
+                elif item.state == "rejected" and present[item.id] == "pending":
+                    rejected += target.mark_rejected([item.id], item.rejected_by or "", item.reason)
                 elif item.state == "withdrawn" and present[item.id] == "pending":
-                    target.withdraw(item.id, item.author)
+                    target.withdraw(item.id, item.author, at=item.withdrawn)
                     withdrawn += 1
             else:
                 full = source.get(item.id)
@@ -40,7 +43,13 @@ def copy_store(source: FeedbackStore, target: FeedbackStore) -> dict:
                     )
                 copied += created
             progress.update()
-    return {"copied": copied, "skipped": skipped, "marked_consumed": marked, "marked_withdrawn": withdrawn}
+    return {
+        "copied": copied,
+        "skipped": skipped,
+        "marked_consumed": marked,
+        "marked_rejected": rejected,
+        "marked_withdrawn": withdrawn,
+    }
 
 
 def export_folder(

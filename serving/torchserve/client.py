@@ -4,12 +4,19 @@ The client reads TorchServe's tokens from its key file. Tokens expire (60
 minutes by default) while the service runs on: when a call is refused as
 unauthenticated, the client takes the key file's newer token, or asks
 TorchServe for one with the API key, and repeats the call once.
+
+Every refusal reaches the caller as a TorchServeError (plain_error): TorchServe
+appends its Java exception's class name to each message, and answers an unknown
+model or version of a prediction as INTERNAL; the caller gets the message
+without the class name, and NOT_FOUND naming the models or versions served.
 """
 
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -28,15 +35,20 @@ CHANNEL_OPTIONS = settings.message_limits(settings.TORCHSERVE_MAX_MESSAGE_BYTES)
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 # What a service that is not up yet (or its half-written key file) raises.
 NOT_UP = (grpc.RpcError, urllib.error.URLError, KeyError, OSError, ValueError)
+# A Java class name in a message (TorchServe's "...\norg.pytorch.serve.http.InternalServerException"): it means
+# nothing to the person who reads the message.
+CLASS_NAME = re.compile(r"\b(?:[a-z_][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error)\b:?\s*")
+# The exceptions TorchServe raises for a model or a version it does not serve, by what is unknown.
+UNKNOWN = re.compile(r"\.Model(Version)?NotFoundException\b")
+LIST_LIMIT = 100  # the most models TorchServe lists in one answer
 
 
-class PredictionError(grpc.RpcError):
-    """A request refused by the handler inside a batch that TorchServe answered as OK."""
+class TorchServeError(grpc.RpcError):
+    """A call TorchServe or the handler refused, as a status and a message a person can act on."""
 
-    def __init__(self, status: status_pb2.Status):
-        super().__init__(status.message)
-        self._code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.INTERNAL)
-        self._details = status.message
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self._code, self._details = code, message
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -45,15 +57,44 @@ class PredictionError(grpc.RpcError):
         return self._details
 
 
+def without_class_names(message: str) -> str:
+    """message without the server class names (org.pytorch.serve....Exception) in it."""
+    return CLASS_NAME.sub("", message).strip()
+
+
+def plain_error(
+    e: grpc.RpcError, served: Callable[[str], list[str]], model: str = "", version: str = ""
+) -> TorchServeError:
+    """TorchServe's refusal e as a TorchServeError: its message without class names; a model or version it
+    does not serve as NOT_FOUND, naming those served (served(""): the models; served(model): its versions;
+    either may raise NOT_UP, and then the message names none). model, version: what the call asked for."""
+    said = e.details() or ""
+    unknown = UNKNOWN.search(said)
+    if unknown is None or not model:
+        return TorchServeError(e.code(), without_class_names(said))
+    if unknown.group(1):
+        message, what, of = f"model {model!r} has no version {version!r}", "its versions", model
+    else:
+        message, what, of = f"model {model!r} is not served here", "the models served", ""
+    try:
+        names = served(of)
+    except NOT_UP:
+        names = []
+    return TorchServeError(grpc.StatusCode.NOT_FOUND, f"{message}; {what}: {', '.join(names)}" if names else message)
+
+
 def decode_prediction(data: bytes) -> Prediction:
-    """A handler's answer: a Prediction, or a google.rpc.Status raised as PredictionError."""
+    """A handler's answer: a Prediction, or a google.rpc.Status raised as TorchServeError (a request refused
+    inside a batch that TorchServe answered as OK)."""
     try:
         prediction = Prediction.FromString(data)
         if prediction.prediction_id:
             return prediction
     except DecodeError:
         pass
-    raise PredictionError(status_pb2.Status.FromString(data))
+    status = status_pb2.Status.FromString(data)
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.INTERNAL)
+    raise TorchServeError(code, without_class_names(status.message))
 
 
 def read_keys(key_file: str | Path) -> dict:
@@ -106,6 +147,14 @@ class TorchServeClient:
             self._keys = keys
 
     def _call(self, method, request, kind: str):
+        """method's answer to request; its refusal as plain_error's TorchServeError."""
+        try:
+            return self._authorized(method, request, kind)
+        except grpc.RpcError as e:
+            model, version = getattr(request, "model_name", ""), getattr(request, "model_version", "")
+            raise plain_error(e, self.served, model, version) from e
+
+    def _authorized(self, method, request, kind: str):
         key = self._key(kind)
         try:
             return method(request, metadata=[("authorization", f"Bearer {key}")], timeout=self.timeout)
@@ -153,6 +202,14 @@ class TorchServeClient:
             model_name=model or self.model, model_version=version, customized=customized
         )
         return json.loads(self._call(self._management.DescribeModel, request, "management").msg)
+
+    def served(self, model: str = "") -> list[str]:
+        """The models TorchServe serves, or with model, that model's versions."""
+        if model:
+            return [d["modelVersion"] for d in self.describe(model, "all")]
+        request = management_pb2.ListModelsRequest(limit=LIST_LIMIT)
+        answer = json.loads(self._call(self._management.ListModels, request, "management").msg)
+        return [m["modelName"] for m in answer["models"]]
 
     def register(self, archive: str, workers: int = 1) -> str:
         """Load an archive of the model store as a new version; returns TorchServe's message."""

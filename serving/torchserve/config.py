@@ -7,6 +7,7 @@ model store can be registered; request and response sizes are bounded.
 """
 
 import socket
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,15 @@ class Target:
     key_file: Path = Path(settings.KEY_FILE)
 
 
+PORT_FIELDS = (  # the ports TorchServe listens on, as ServeConfig names them
+    "grpc_inference_port",
+    "grpc_management_port",
+    "http_inference_port",
+    "http_management_port",
+    "metrics_port",
+)
+
+
 @dataclass
 class ServeConfig:
     workdir: Path  # config, logs and key_file.json
@@ -35,6 +45,8 @@ class ServeConfig:
     http_management_port: int = settings.HTTP_MANAGEMENT_PORT
     metrics_port: int = settings.METRICS_PORT
     token_expiration_min: float = settings.TOKEN_EXPIRATION_MIN
+    # chosen by on_free_ports: TorchServe.start may choose again when another process takes one first
+    ports_chosen_free: bool = False
 
     def __post_init__(self) -> None:
         # TorchServe runs in workdir: every path handed to it must be absolute.
@@ -42,18 +54,20 @@ class ServeConfig:
 
     @classmethod
     def on_free_ports(cls, workdir: Path, model_store: Path, models: dict[str, str], **kw) -> "ServeConfig":
-        """A configuration on loopback ports that are free now, for tests and benchmarks."""
-        return cls(
-            workdir,
-            model_store,
-            models,
-            grpc_inference_port=free_port(),
-            grpc_management_port=free_port(),
-            http_inference_port=free_port(),
-            http_management_port=free_port(),
-            metrics_port=free_port(),
-            **kw,
-        )
+        """A configuration on loopback ports that are free now, for tests and benchmarks. Another process can
+        take one before TorchServe binds it: TorchServe.start then chooses again (choose_free_ports)."""
+        cfg = cls(workdir, model_store, models, ports_chosen_free=True, **kw)
+        cfg.choose_free_ports()
+        return cfg
+
+    def choose_free_ports(self) -> None:
+        """Loopback ports that are free now, all different, in place: clients read them from this object."""
+        for name, port in zip(PORT_FIELDS, free_ports(len(PORT_FIELDS))):
+            setattr(self, name, port)
+
+    @property
+    def ports(self) -> list[int]:
+        return [getattr(self, name) for name in PORT_FIELDS]
 
     @property
     def target(self) -> Target:
@@ -75,9 +89,16 @@ class ServeConfig:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((settings.LOOPBACK, 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n loopback ports free now, all different: each is held until all are chosen."""
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((settings.LOOPBACK, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def write_config(cfg: ServeConfig) -> Path:

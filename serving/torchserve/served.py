@@ -92,16 +92,21 @@ def promote(
     record.write(archive, version)
 
 
+def earlier_version(model_store: str | Path, name: str, version: str) -> str | None:
+    """The version a roll back from version goes to: the latest archive of name in model_store before it."""
+    older = [v for v in archive.versions_in(model_store, name) if v < int(float(version))]
+    return str(older[-1]) if older else None
+
+
 def rollback(client: TorchServeClient, record: ServedRecord) -> tuple[str, str]:
     """Make the version before the served one the default again (registering its archive if need be) and
     record it, so that a restart (and every replica that follows the record) serves it too; (from, to)
     versions. The rolled-back archive stays in the model store: the next retraining run starts from what is
     served and numbers its version past every one."""
     version, _ = default_version(client, record.name)
-    older = [v for v in archive.versions_in(record.model_store, record.name) if v < int(float(version))]
-    if not older:
+    target = earlier_version(record.model_store, record.name, version)
+    if target is None:
         raise ValueError(f"{record.name} serves version {version}; there is no earlier archive in {record.model_store}")
-    target = str(older[-1])
     promote(client, record, archive.archive_name(record.name, target), target, version, lambda: None)
     return version, target
 

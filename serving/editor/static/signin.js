@@ -47,7 +47,7 @@
         return;
       }
       if (res.ok) {
-        location.assign("/");
+        location.reload(); // the page asked for (the editor, or the Models page) now that there is a session
         return;
       }
       let data = null;

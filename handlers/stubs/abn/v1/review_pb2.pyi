@@ -137,7 +137,9 @@ class GetCallerRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCallerResponse(_message.Message):
-    __slots__ = ("expert",)
+    __slots__ = ("expert", "operator")
     EXPERT_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
     expert: str
-    def __init__(self, expert: _Optional[str] = ...) -> None: ...
+    operator: bool
+    def __init__(self, expert: _Optional[str] = ..., operator: _Optional[bool] = ...) -> None: ...
