@@ -207,8 +207,8 @@ def test_any_correction_is_an_item_or_a_wire_error_naming_its_field():
                     ),
                 }
             ),
-            # a valid image and map, no model named: any plain label is accepted, so what passes must be safe
-            # as a folder name
+            # a valid image and map, no model named, to a service that knows no models: any plain label is
+            # accepted, so what passes must be safe as a folder name
             st.fixed_dictionaries(
                 {
                     "image": st.just(png(16, 16)),
@@ -216,22 +216,23 @@ def test_any_correction_is_an_item_or_a_wire_error_naming_its_field():
                     "texts": st.fixed_dictionaries(
                         {"label": names_, "predicted_label": printable, "author": printable}
                     ),
+                    "classes": st.just({}),
                 }
             ),
-        ).map(lambda case: (case["image"], case["attention"], case["texts"]))
+        ).map(lambda case: (case["image"], case["attention"], case["texts"], case.get("classes", CLASSES)))
     )
-    @example((png(16, 16), square(), valid))
-    @example((png(16, 16), square(), {**valid, "label": ".."}))
-    @example((png(16, 16), square(float("nan")), valid))
-    @example((png(16, 16), square(-0.5), valid))
+    @example((png(16, 16), square(), valid, CLASSES))
+    @example((png(16, 16), square(), {**valid, "label": ".."}, CLASSES))
+    @example((png(16, 16), square(float("nan")), valid, CLASSES))
+    @example((png(16, 16), square(-0.5), valid, CLASSES))
     @settings(suppress_health_check=[HealthCheck.too_slow])
     def check(case):
-        image, attention, texts = case
+        image, attention, texts, classes = case
         request = feedback_pb2.SubmitFeedbackRequest(image=image, **texts)
         if attention is not None:
             request.attention.CopyFrom(attention)
         try:
-            item = validate(request, CLASSES)
+            item = validate(request, classes)
         except wire.WireError as e:
             assert field_of(e) in ("image", "attention", *texts), str(e)
             outcomes["refused"] += 1
