@@ -193,6 +193,7 @@ def test_an_expert_paints_partial_strokes_and_the_store_keeps_what_was_decided(s
     page.keyboard.press("Control+z")  # undo the attend stroke, then redo it
     assert ana.state()["redoDepth"] == 1
     page.keyboard.press("Control+Shift+z")
+    page.screenshot(path=str(tmp_path / "painting.png"))  # partial strokes, one undone and redone: look at it
     page.focus("#brush-size")
     page.keyboard.press("7")
     assert ana.state()["label"] == "7" and ana.state()["size"] == 8  # the slider kept its value

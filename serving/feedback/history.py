@@ -14,7 +14,7 @@ from handlers import wire
 from handlers.stubs.abn.v1 import models_pb2, models_pb2_grpc
 from handlers.stubs.abn.v1.feedback_pb2 import Count
 from serving import settings
-from serving.feedback.service import VERSION, Identities, _check_plain, _check_text, _timestamp
+from serving.feedback.service import VERSION, Identities, check_plain, check_text, timestamp
 from serving.feedback.store import Action, FeedbackStore, NotFoundError, Run
 
 MODELS_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name
@@ -63,8 +63,8 @@ def run_message(run: Run, has_report: bool, corrections: dict[str, int]) -> mode
     return models_pb2.RetrainingRun(
         run=run.run,
         model_name=run.model_name,
-        start_time=_timestamp(run.started),
-        end_time=_timestamp(run.ended),
+        start_time=timestamp(run.started),
+        end_time=timestamp(run.ended),
         outcome=OUTCOMES.get(run.outcome, models_pb2.RUN_OUTCOME_UNSPECIFIED),
         decided_by=run.decided_by,
         reason=run.reason,
@@ -87,7 +87,7 @@ def _limit(limit: int) -> int:
 
 
 def _run_id(run: str) -> str:
-    _check_text("run", run)
+    check_text("run", run)
     if not run:
         raise wire.WireError("run: empty; name a run (ListRuns lists them)")
     return run
@@ -101,7 +101,7 @@ class ModelsService(models_pb2_grpc.ModelsServiceServicer):
         return self.identities.caller(context) or SERVICE_ACTOR
 
     def ListRuns(self, request, context):
-        _check_text("model_name", request.model_name)
+        check_text("model_name", request.model_name)
         runs = self.store.runs(request.model_name)[::-1][: _limit(request.limit)]
         reported = self.store.reported_runs([r.run for r in runs])
         return models_pb2.ListRunsResponse(
@@ -115,19 +115,19 @@ class ModelsService(models_pb2_grpc.ModelsServiceServicer):
         return models_pb2.GetRunReportResponse(png=png)
 
     def GetServedVersion(self, request, context):
-        _check_text("model_name", request.model_name)
+        check_text("model_name", request.model_name)
         entry = self.store.served(request.model_name)
         if entry is None:
             raise NotFoundError(f"model_name: nothing is recorded as served for {request.model_name[:64]!r}")
         return models_pb2.GetServedVersionResponse(
-            archive=entry.archive, version=entry.version, update_time=_timestamp(entry.updated)
+            archive=entry.archive, version=entry.version, update_time=timestamp(entry.updated)
         )
 
     def SetServedVersion(self, request, context):
         for name in ("model_name", "archive", "reason"):
-            _check_text(name, getattr(request, name))
+            check_text(name, getattr(request, name))
         for name in ("model_name", "archive"):
-            _check_plain(name, getattr(request, name))
+            check_plain(name, getattr(request, name))
             if not getattr(request, name):
                 raise wire.WireError(f"{name}: empty")
         for name in ("version", "previous_version"):
@@ -157,12 +157,12 @@ class ModelsService(models_pb2_grpc.ModelsServiceServicer):
         return models_pb2.RejectRunResponse(rejected=count)
 
     def ListOperatorActions(self, request, context):
-        _check_text("model_name", request.model_name)
+        check_text("model_name", request.model_name)
         actions = self.store.actions(request.model_name, _limit(request.limit))
         return models_pb2.ListOperatorActionsResponse(
             actions=[
                 models_pb2.OperatorAction(
-                    time=_timestamp(a.at),
+                    time=timestamp(a.at),
                     actor=a.actor,
                     action=a.action,
                     model_name=a.model_name,

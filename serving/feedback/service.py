@@ -63,7 +63,7 @@ VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
 TEXT_FIELDS = ("label", "predicted_label", "prediction_id", "model_name", "model_version", "author", "idempotency_key")
 
 
-def _timestamp(seconds: float) -> Timestamp:
+def timestamp(seconds: float) -> Timestamp:
     t = Timestamp()
     t.FromNanoseconds(int(seconds * 1e9))
     return t
@@ -91,7 +91,7 @@ def _message(item: Item, with_data: bool = True) -> feedback_pb2.Feedback:
         decided=wire.mask_to_bytes(item.decided) if with_data else b"",
         confirmed=item.confirmed,
         **{name: getattr(item, name) for name in TEXT_FIELDS},
-        created_time=_timestamp(item.created),
+        created_time=timestamp(item.created),
         consumed_by=item.consumed_by or "",
         rejected_by=item.rejected_by or "",
         state=STATES[item.state],
@@ -106,14 +106,14 @@ def known_classes(checkpoints: list[str] | list[Path]) -> dict[str, list[str]]:
     return {m["name"]: m["classes"] for m in metas}
 
 
-def _check_text(name: str, value: str) -> None:
+def check_text(name: str, value: str) -> None:
     if len(value) > settings.MAX_TEXT:
         raise wire.WireError(f"{name}: longer than {settings.MAX_TEXT} characters")
     if any(unicodedata.category(c) == "Cc" for c in value):
         raise wire.WireError(f"{name}: control characters are not accepted")
 
 
-def _check_plain(name: str, value: str) -> None:
+def check_plain(name: str, value: str) -> None:
     """Class and model names become folder names when exported."""
     if not is_plain_name(value):
         raise wire.WireError(f"{name}: {value[:40]!r} is not a plain name (no / or \\, not . or ..)")
@@ -138,9 +138,9 @@ def validate(r: feedback_pb2.SubmitFeedbackRequest, classes: dict[str, list[str]
     """The item to store, or wire.WireError naming the field. classes: model name -> its class names, for the
     models whose labels are checked."""
     for name in (*TEXT_FIELDS, "review_id"):
-        _check_text(name, getattr(r, name))
+        check_text(name, getattr(r, name))
     for name in ("label", "predicted_label", "model_name"):
-        _check_plain(name, getattr(r, name))
+        check_plain(name, getattr(r, name))
     if r.model_version and not VERSION.fullmatch(r.model_version):
         raise wire.WireError(
             f"model_version: {r.model_version[:40]!r} is not a version as TorchServe names them (1, 2, 1.5)"
@@ -186,17 +186,17 @@ def validate_review(r: review_pb2.AddReviewItemRequest, classes: dict[str, list[
     p = r.prediction
     if not r.HasField("prediction") or not p.scores:
         raise wire.WireError("prediction: missing, or without scores; send the prediction TorchServe returned")
-    _check_text("reason", r.reason)
+    check_text("reason", r.reason)
     for name in ("model_name", "model_version", "prediction_id"):
-        _check_text(f"prediction.{name}", getattr(p, name))
+        check_text(f"prediction.{name}", getattr(p, name))
     if not p.model_name:
         raise wire.WireError("prediction.model_name: empty; name the model the prediction came from")
-    _check_plain("prediction.model_name", p.model_name)
+    check_plain("prediction.model_name", p.model_name)
     _check_model(p.model_name, classes)
     known = classes.get(p.model_name)
     for i, score in enumerate(p.scores):
-        _check_text(f"prediction.scores[{i}].label", score.label)
-        _check_plain(f"prediction.scores[{i}].label", score.label)
+        check_text(f"prediction.scores[{i}].label", score.label)
+        check_plain(f"prediction.scores[{i}].label", score.label)
         if known is not None and score.label not in known:
             raise wire.WireError(f"prediction.scores[{i}].label: {score.label!r} is not a class of {p.model_name!r}")
         if not 0 <= score.probability <= 1:
@@ -235,13 +235,13 @@ def _review_message(entry: ReviewEntry, with_data: bool = True) -> review_pb2.Re
         prediction=prediction,
         priority=entry.priority,
         reason=entry.reason,
-        created_time=_timestamp(entry.created),
+        created_time=timestamp(entry.created),
         state=state,
         claimed_by=entry.claimed_by or "" if claimed or entry.feedback_id else "",
         feedback_id=entry.feedback_id or "",
     )
     if claimed:
-        item.lease_expire_time.CopyFrom(_timestamp(entry.lease_until or 0))
+        item.lease_expire_time.CopyFrom(timestamp(entry.lease_until or 0))
     return item
 
 
@@ -310,7 +310,7 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
     def _author(self, request, context) -> str:
         """Whose corrections a call may see or withdraw: an expert's token, its expert's own only (another author
         named is refused); the service's, request.author's, or everyone's when it names none."""
-        _check_text("author", request.author)
+        check_text("author", request.author)
         expert = self.identities.caller(context)
         if expert and request.author not in ("", expert):
             raise NotAuthorError(f"author: an expert's token acts on {expert!r}'s own corrections only")
@@ -359,7 +359,7 @@ class FeedbackService(feedback_pb2_grpc.FeedbackServiceServicer):
         )
 
     def WithdrawFeedback(self, request, context):
-        _check_text("id", request.id)
+        check_text("id", request.id)
         author = self._author(request, context)  # an expert withdraws only their own
         if not author:
             raise wire.WireError("author: name the correction's author (a call with the service token acts for one)")
@@ -385,7 +385,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
         expert = self.identities.caller(context) or request.expert
         if not expert:
             raise wire.WireError("expert: name the expert (a call with the service token acts for one)")
-        _check_text("expert", expert)
+        check_text("expert", expert)
         return expert
 
     def AddReviewItem(self, request, context):
@@ -394,7 +394,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
 
     def ListReviewItems(self, request, context):
         for name in ("model_name", "label"):
-            _check_text(name, getattr(request, name))
+            check_text(name, getattr(request, name))
         if request.limit > settings.REVIEW_LIST_MAX:
             raise wire.WireError(f"limit: at most {settings.REVIEW_LIST_MAX}, got {request.limit}")
         viewer = self.identities.caller(context)
@@ -406,7 +406,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
         )
 
     def GetReviewItem(self, request, context):
-        _check_text("id", request.id)
+        check_text("id", request.id)
         entry = self.store.review_item(request.id) if request.id else None
         if entry is None:
             raise NotFoundError(f"id: no review item {request.id[:64]!r}")
@@ -414,7 +414,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
 
     def ClaimReviewItem(self, request, context):
         for name in ("id", "model_name", "label"):
-            _check_text(name, getattr(request, name))
+            check_text(name, getattr(request, name))
         entry = self.store.claim_review(
             self._expert(request, context), request.id, request.model_name, request.label, self.lease_s
         )
@@ -424,7 +424,7 @@ class ReviewService(review_pb2_grpc.ReviewServiceServicer):
         return review_pb2.ClaimReviewItemResponse(item=_review_message(entry))
 
     def ReleaseReviewItem(self, request, context):
-        _check_text("id", request.id)
+        check_text("id", request.id)
         self.store.release_review(request.id, self._expert(request, context), skip=not request.keep_offering)
         return review_pb2.ReleaseReviewItemResponse()
 
