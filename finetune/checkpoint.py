@@ -80,7 +80,10 @@ def save(path: str | Path, model: ABN, meta: dict) -> None:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"checkpoint metadata lacks {', '.join(missing)}")
-    atomic_save({"format": FORMAT, "metadata": json.dumps(meta), "state_dict": model.state_dict()}, path)
+    # from the CPU, in the default memory format, whatever the model trained on (finetune.compute); the weights
+    # are fp32 there, mixed precision or not, since autocast never changes them
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "metadata": json.dumps(meta), "state_dict": state}, path)
 
 
 def _read(source: str | Path | bytes) -> dict:

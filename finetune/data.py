@@ -218,7 +218,9 @@ class DataConfig:
     decoy_size: int | None = None  # decoy-digits: decoy side in pixels (default per kind)
     clean: bool = False  # decoy-digits: the same splits without decoys
     data_seed: int = 0  # decoy-digits: seed of shifts and decoy placement; image folders: of the split
-    augment: str = "none"  # of the training split: finetune.augment.AUGMENTS
+    # of the training split: finetune.augment.AUGMENTS; None: none, or photo for a run from pretrained weights
+    # (finetune.train fills it)
+    augment: str | None = None
 
 
 def builtin_split(cfg: DataConfig, split: str, size: tuple[int, int]) -> TensorSet:
@@ -245,6 +247,7 @@ def folder_splits(folder: ImageFolder, cfg: DataConfig, size: tuple[int, int]) -
 
 def load(cfg: DataConfig, size: tuple[int, int]) -> Data:
     """The train/val (and, for built-in sets, test and decoy-only) splits named by the arguments."""
+    augment = cfg.augment or "none"
     if cfg.data in BUILTIN:
         tensors = builtin_split(cfg, "train", size)
         mean = [float(tensors.images.mean())] * 3
@@ -257,9 +260,9 @@ def load(cfg: DataConfig, size: tuple[int, int]) -> Data:
             "decoy_size": None if cfg.clean else (cfg.decoy_size or decoy_digits.DEFAULT_DECOY_SIZE[cfg.decoy]),
             "data_seed": cfg.data_seed,
             "train_samples": len(tensors),
-            "augment": cfg.augment,
+            "augment": augment,
         }
-        train = augmented(tensors, cfg.augment)
+        train = augmented(tensors, augment)
         return Data(decoy_digits.CLASSES, train, builtin_split(cfg, "val", size), mean, std, source, evals)
 
     folder = ImageFolder(cfg.data, size, cfg.maps)
@@ -273,9 +276,9 @@ def load(cfg: DataConfig, size: tuple[int, int]) -> Data:
         "val_data": str(Path(cfg.val_data).resolve()) if cfg.val_data else None,
         "val_fraction": cfg.val_fraction,
         "data_seed": cfg.data_seed,
-        "augment": cfg.augment,
+        "augment": augment,
     }
-    return Data(folder.classes, augmented(plain, cfg.augment), val, IMAGENET_MEAN, IMAGENET_STD, source)
+    return Data(folder.classes, augmented(plain, augment), val, IMAGENET_MEAN, IMAGENET_STD, source)
 
 
 def _save_gray(t: torch.Tensor, path: Path) -> None:

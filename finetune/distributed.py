@@ -6,6 +6,9 @@ MASTER_ADDR, MASTER_PORT). World reads that; start() joins the process group,
 with NCCL where there is a GPU and gloo on the CPU. Without torchrun the world
 is one process, no group is made and the collectives here return what they are
 given, so the code that uses them reads the same either way.
+
+Where a process trains is decided here alone (World.device_for, the --device of abn train, finetune and
+retrain), so that the process group's backend and the training agree on it.
 """
 
 import os
@@ -16,6 +19,8 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+
+DEVICES = ("cpu", "cuda", "auto")  # --device; not given: World.device
 
 
 @dataclass(frozen=True)
@@ -41,21 +46,36 @@ class World:
 
     @property
     def device(self) -> torch.device:
-        """Where this process trains: its own GPU under torchrun when there are GPUs, else the CPU (a single
-        process trains on the CPU, as it always has)."""
-        if self.distributed and torch.cuda.is_available():
+        """Where this process trains when no device is asked for: its own GPU under torchrun when there are
+        GPUs, else the CPU (a single process trains on the CPU, as it always has)."""
+        return self.device_for(None)
+
+    def device_for(self, requested: str | None) -> torch.device:
+        """Where this process trains, asked for requested (--device): cpu; cuda, its own GPU (the local rank's
+        under torchrun), a ValueError where torch sees none; auto, cuda where torch sees a GPU, else cpu; None:
+        as before the option existed (device)."""
+        if requested is not None and requested not in DEVICES:
+            raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {requested!r}")
+        gpu = torch.cuda.is_available()
+        if requested == "cuda" and not gpu:
+            raise ValueError(
+                "--device cuda needs a CUDA GPU, and torch sees none here (no GPU or driver, or a CPU build of "
+                "torch): use --device cpu, or auto to take a GPU only where there is one"
+            )
+        if gpu and (requested in ("cuda", "auto") or (requested is None and self.distributed)):
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
 
-def start(world: World | None = None) -> World:
+def start(world: World | None = None, device: str | None = None) -> World:
     """Join the process group of world (default: the environment's) unless it is one process or already
-    joined; the world."""
+    joined, with the backend for where it trains (device: --device, see World.device_for); the world."""
     world = world or World.from_env()
     if world.distributed and not dist.is_initialized():
-        if world.device.type == "cuda":
-            torch.cuda.set_device(world.device)  # NCCL and the object collectives use the current device
-        backend = "nccl" if world.device.type == "cuda" else "gloo"
+        where = world.device_for(device)
+        if where.type == "cuda":
+            torch.cuda.set_device(where)  # NCCL and the object collectives use the current device
+        backend = "nccl" if where.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=world.rank, world_size=world.world_size)
     return world
 

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from finetune.images import normalize, resize_map
-from finetune.model import ABN
+from finetune.model import ABN, ABNOutput
+
+
+def _forward(model: ABN, images: torch.Tensor, mean: list[float], std: list[float]) -> ABNOutput:
+    """model's output on a batch of [0, 1] images, computed where the model is (a GPU while training), on the
+    CPU."""
+    device = next(model.parameters()).device
+    return ABNOutput._make(t.cpu() for t in model(normalize(images.to(device), mean, std)))
 
 
 @torch.no_grad()
@@ -28,7 +35,7 @@ def evaluate(
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in DataLoader(dataset, batch_size=batch_size):
         y = batch["label"]
-        out = model(normalize(batch["image"], mean, std))
+        out = _forward(model, batch["image"], mean, std)
         loss += float(
             F.cross_entropy(out.logits, y, reduction="sum") + F.cross_entropy(out.attention_logits, y, reduction="sum")
         )
@@ -82,7 +89,7 @@ def correct(model: ABN, dataset: Dataset, mean: list[float], std: list[float], b
     was_training = model.training
     model.eval()
     hits = [
-        model(normalize(b["image"], mean, std)).logits.argmax(1) == b["label"]
+        _forward(model, b["image"], mean, std).logits.argmax(1) == b["label"]
         for b in DataLoader(dataset, batch_size=batch_size)
     ]
     model.train(was_training)
@@ -124,6 +131,6 @@ def predict(model: ABN, images: torch.Tensor, mean: list[float], std: list[float
     """Predicted classes and attention maps of a batch of [0, 1] images, in eval mode."""
     was_training = model.training
     model.eval()
-    out = model(normalize(images, mean, std))
+    out = _forward(model, images, mean, std)
     model.train(was_training)
     return out.logits.argmax(1), out.attention

@@ -28,7 +28,8 @@ it alone; the counterexamples take the shortcut's evidence away. Counterexamples
 come only from Ignore pixels, and their fill is never taken from images of the
 same class: an artefact that sits at the same place in every image of a class
 (a watermark, a ruler, a scanner tag) would otherwise be filled with itself. A
-correction without Ignore pixels makes none.
+correction without Ignore pixels makes none. TuneConfig.fill chooses a neutral fill
+instead (noise, blur, the mean colour); docs/knowledge.md measures them.
 """
 
 import json
@@ -40,9 +41,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
-from finetune import checkpoint, distributed
+from finetune import checkpoint, compute, distributed
 from finetune.augment import augmented
 from finetune.data import DataError, ImageFolder
 from finetune.distributed import World
@@ -71,6 +72,12 @@ class TuneConfig:
     # epoch; a few dozen corrections among a thousand replayed images would otherwise barely pull.
     correction_share: float = 0.25
     augment: str = "none"  # finetune.augment.AUGMENTS; corrected maps and decided masks follow their image
+    fill: str = "other"  # FILLS: what a counterexample's Ignore pixels become
+    # how it computes (finetune.compute); not what the run is, so a resumed run takes them as given
+    device: str | None = None  # cpu, cuda or auto; None: finetune.distributed.World.device
+    precision: str = "fp32"  # compute.PRECISIONS; bf16 and fp16 on a GPU only
+    channels_last: bool = False  # model and inputs in torch.channels_last; on a GPU only
+    workers: int = 0  # DataLoader worker processes; 0: the training process reads the data
 
 
 def map_loss(
@@ -100,6 +107,22 @@ def ignore_pixels(maps: torch.Tensor, decided: torch.Tensor) -> torch.Tensor:
     return (decided >= 0.5) & (maps < RELEVANT)
 
 
+# What a counterexample's Ignore pixels become. "other": the same pixels of an image of another class in the
+# batch (a real image's content, never an artefact's own class); the neutral fills, measured against it in
+# bench/photos.py: "noise" (uniform noise), "blur" (the image itself, box-blurred over a quarter of its side, so
+# colours stay plausible), "mean" (the image's mean colour).
+FILLS = ("other", "noise", "blur", "mean")
+
+
+def _neutral(images: torch.Tensor, fill: str, generator: torch.Generator) -> torch.Tensor:
+    if fill == "noise":
+        return torch.rand(images.shape, generator=generator)
+    if fill == "mean":
+        return images.mean((2, 3), keepdim=True).expand_as(images)
+    k = max(3, min(images.shape[-2:]) // 4) | 1  # odd, so the blur stays centred
+    return F.avg_pool2d(images, k, stride=1, padding=k // 2, count_include_pad=False)
+
+
 def counterexamples(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -108,14 +131,19 @@ def counterexamples(
     has_map: torch.Tensor,
     generator: torch.Generator,
     copies: int = 1,
+    fill: str = "other",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each edited image of the batch with Ignore pixels, copies whose Ignore pixels come from an image of
-    another class in the batch (none where the batch holds no other class); returns the copies and the indices of
-    the images they were made from."""
+    """For each edited image of the batch with Ignore pixels, copies whose Ignore pixels are filled (FILLS; with
+    "other", from an image of another class in the batch, and none where the batch holds no other class); returns
+    the copies and the indices of the images they were made from."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
     ignore = ignore_pixels(maps, decided)
     index = (has_map & ignore.flatten(1).any(1)).nonzero().flatten().repeat(copies)
     if len(index) > len(images):  # at most double a batch, so that many edits do not slow a pass down
         index = index[torch.randperm(len(index), generator=generator)[: len(images)]]
+    if fill != "other":
+        return torch.where(ignore[index], _neutral(images[index], fill, generator), images[index]), index
     others = labels[index, None] != labels[None]  # len(index) x batch: the partners each copy may take
     index = index[others.any(1)]
     others = others[others.any(1)]
@@ -188,12 +216,13 @@ def fine_tune(
     are the ranks' mean, and rank 0's model is the result. state: resume from its saved epoch, if any, and
     save it after every epoch. The model ends on the CPU, in eval mode.
     """
-    world = world or distributed.start()
-    device = world.device
+    world = world or distributed.start(device=cfg.device)
+    run = compute.of(cfg, world)
+    device = run.device
     torch.manual_seed(cfg.seed)
     for p in model.features.parameters():
         p.requires_grad_(not cfg.freeze_features)
-    model.to(device)
+    run.place(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer("sgd", params, cfg.lr, 0.9, cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + world.rank)  # counterexamples (and one process's shuffle)
@@ -215,7 +244,8 @@ def fine_tune(
         DistributedSampler(dataset, world.world_size, world.rank, seed=cfg.seed) if world.distributed else None
     )
     batch_size = -(-cfg.batch_size // world.world_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=gen)
+    loader = run.batches(dataset, batch_size, gen, sampler)
+    scaler = run.scaler()
     steps, step = cfg.epochs * len(loader), start * len(loader)
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
@@ -235,23 +265,25 @@ def fine_tune(
             d, w = batch["decided"], batch["weight"].float()
             seen += len(y)
             if cfg.counterexamples:  # on the CPU, where the generator is
-                extra, index = counterexamples(x, y, m, d, has, gen, cfg.copies)
+                extra, index = counterexamples(x, y, m, d, has, gen, cfg.copies, cfg.fill)
                 x, y = torch.cat([x, extra]), torch.cat([y, y[index]])
                 m, has = torch.cat([m, m[index]]), torch.cat([has, has[index]])
                 d, w = torch.cat([d, d[index]]), torch.cat([w, w[index]])
-            x, y, m, has, d, w = (t.to(device) for t in (x, y, m, has, d, w))
+            x, y, m, has, d, w = (run.to(t) for t in (x, y, m, has, d, w))
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor("cosine", step, steps, 0)
-            out = net(normalize(x, mean, std))
-            l_att = (F.cross_entropy(out.attention_logits, y, reduction="none") * w).mean()
-            l_per = (F.cross_entropy(out.logits, y, reduction="none") * w).mean()
-            l_map = map_loss(out.attention, m, has, d, w) if cfg.gamma else l_att.new_zeros(())
-            loss = l_att + l_per + cfg.gamma * l_map
+            with run.autocast():
+                out = net(run.layout(normalize(x, mean, std)))
+                l_att = (F.cross_entropy(out.attention_logits, y, reduction="none") * w).mean()
+                l_per = (F.cross_entropy(out.logits, y, reduction="none") * w).mean()
+                l_map = map_loss(out.attention, m, has, d, w) if cfg.gamma else l_att.new_zeros(())
+                loss = l_att + l_per + cfg.gamma * l_map
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)  # fp16: skipped where the scaled gradients overflowed
+            scaler.update()
             step += 1
-            sums += torch.stack([loss, l_att, l_per, l_map]).detach()
+            sums += torch.stack([loss, l_att, l_per, l_map]).detach().float()
         means = distributed.all_mean(sums / len(loader), world).tolist()
         images = distributed.gather(seen, world)  # per rank: which of them trained, and on how much
         history.append(
@@ -261,7 +293,7 @@ def fine_tune(
             state.save(
                 world, gen, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history
             )
-    model.cpu()
+    run.release(model)
     model.eval()
     return history
 
@@ -275,8 +307,9 @@ def run(parent: str | Path, images: str | Path, maps: str | Path, out: str | Pat
 
     Under torchrun every process reads the parent and the folders (on every machine, at the same paths) and
     trains its share (see fine_tune); rank 0 alone writes out. A rerun with the same out and settings
-    resumes after the last epoch saved there (STATE); other settings are refused."""
-    world = distributed.start()
+    resumes after the last epoch saved there (STATE); other settings are refused, but for how it computes
+    (compute.FIELDS), which may change between the runs."""
+    world = distributed.start(device=cfg.device)
     try:
         return _run(parent, images, maps, Path(out), cfg, world)
     finally:
@@ -284,6 +317,7 @@ def run(parent: str | Path, images: str | Path, maps: str | Path, out: str | Pat
 
 
 def _run(parent: str | Path, images: str | Path, maps: str | Path, out: Path, cfg: TuneConfig, world: World) -> dict:
+    run_on = compute.of(cfg, world)  # refused here, before the folder is read, where it cannot run
     model, meta = checkpoint.load(parent)
     folder = ImageFolder(images, tuple(meta["input_size"]), maps, classes=meta["classes"])
     if folder.map_count == 0:
@@ -299,7 +333,8 @@ def _run(parent: str | Path, images: str | Path, maps: str | Path, out: Path, cf
         "config": asdict(cfg),
     }
     inputs = {k: v for k, v in tuned_on.items() if k != "config"}
-    state = TuneState.open(out / STATE, {"parent": str(Path(parent).resolve()), **inputs, **asdict(cfg)}, world)
+    what = {k: v for k, v in asdict(cfg).items() if k not in compute.FIELDS}
+    state = TuneState.open(out / STATE, {"parent": str(Path(parent).resolve()), **inputs, **what}, world)
     if world.is_main and state.saved is not None:
         done = state.saved["epoch"]
         print(
@@ -308,7 +343,9 @@ def _run(parent: str | Path, images: str | Path, maps: str | Path, out: Path, cf
             else f"resuming {out} after epoch {done} of {cfg.epochs}"
         )
     if world.is_main and world.distributed:
-        print(f"fine-tuning on {world.world_size} processes ({dist.get_backend()}, {world.device.type})")
+        print(f"fine-tuning on {world.world_size} processes ({dist.get_backend()}, {run_on.device.type})")
+    if world.is_main and compute.asked(cfg):
+        print(run_on.describe())
     mean, std = meta["mean"], meta["std"]
 
     history = fine_tune(model, folder, mean, std, cfg, world=world, state=state)
@@ -333,6 +370,7 @@ def _run(parent: str | Path, images: str | Path, maps: str | Path, out: Path, cf
         "parent_version": meta["version"],
         "finetuned_on": tuned_on,
         "processes": world.world_size,
+        "compute": run_on.record(),
         "history": history,
         "before": before,
         "after": after,

@@ -1,6 +1,9 @@
 """Train an ABN: L = CE(attention-branch logits) + CE(perception logits), from random weights or from a
 ResNet's ImageNet weights (finetune.pretrained), whose backbone then stays frozen for the first epochs.
 
+From pretrained weights, the options not given follow the ImageNet recipe (pretrained_recipe): the
+architecture's input size (224 for the ResNets), ImageNet's mean and std, photo augmentation.
+
 Writes into the run's folder: checkpoint.pt (the model), train_state.pt (what
 resuming needs), metrics.json (per-epoch and final figures), attention.png (validation
 images with their maps) and curves.png.
@@ -16,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from finetune import checkpoint, data, pretrained
+from finetune import checkpoint, compute, data, pretrained
 from finetune.data import DataConfig
 from finetune.evaluate import evaluate, predict
 from finetune.images import normalize
@@ -33,8 +36,8 @@ SCHEDULES = ("cosine", "step", "constant")
 
 @dataclass
 class TrainConfig:
-    """One training run; every field but epochs, out and resume defines the run, and resuming takes them
-    from the saved state."""
+    """One training run; every field but epochs, out, resume and how it computes (compute.FIELDS) defines the
+    run, and resuming takes them from the saved state."""
 
     arch: str = "abn_small"
     pretrained: str | None = None  # a torchvision ResNet state dict to start from (finetune.pretrained)
@@ -53,11 +56,16 @@ class TrainConfig:
     name: str = "abn"  # model name recorded in the checkpoint
     out: str = "runs/train"
     resume: bool = False  # continue the run saved in out
+    # how it computes (finetune.compute); not what the run is, so a resumed run takes them as given
+    device: str | None = None  # cpu, cuda or auto; None: the CPU (finetune.distributed.World.device_for)
+    precision: str = "fp32"  # compute.PRECISIONS; bf16 and fp16 on a GPU only
+    channels_last: bool = False  # model and inputs in torch.channels_last; on a GPU only
+    workers: int = 0  # DataLoader worker processes; 0: the training process reads the data
 
 
 def _run_fields(cfg: TrainConfig) -> dict:
     """What defines the run, flat, as train_state.pt keeps it."""
-    own = {k: v for k, v in asdict(cfg).items() if k not in ("data", "epochs", "out", "resume")}
+    own = {k: v for k, v in asdict(cfg).items() if k not in ("data", "epochs", "out", "resume", *compute.FIELDS)}
     return {**own, **asdict(cfg.data)}
 
 
@@ -110,7 +118,19 @@ def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         input_size=cfg.input_size or DEFAULT_INPUT_SIZE[cfg.arch],
         lr=cfg.lr or DEFAULT_LR[cfg.optimizer],
         freeze_epochs=freeze,
+        data=replace(cfg.data, augment=cfg.data.augment or ("photo" if cfg.pretrained else "none")),
     ), state
+
+
+def pretrained_recipe(given: TrainConfig, resolved: TrainConfig) -> str:
+    """What a run from pretrained weights took for the options left open (a line to print): ImageNet
+    weights' features expect photographs at their input size, normalised with ImageNet's mean and std, and
+    few photographs need augmentation. Options given are kept."""
+    chosen = [f"input {resolved.input_size}x{resolved.input_size}"] if given.input_size is None else []
+    chosen.append(f"ImageNet's mean {tuple(data.IMAGENET_MEAN)} and std {tuple(data.IMAGENET_STD)}")
+    if given.data.augment is None:
+        chosen.append(f"--augment {resolved.data.augment}")
+    return f"from pretrained weights: {', '.join(chosen)} (the ImageNet recipe, where no option says otherwise)"
 
 
 def set_frozen(model: ABN, frozen: bool) -> None:
@@ -126,33 +146,47 @@ def set_frozen(model: ABN, frozen: bool) -> None:
 
 
 def train(cfg: TrainConfig) -> dict:
+    given = cfg
     cfg, state = _resolve(cfg)
     assert cfg.input_size is not None and cfg.lr is not None and cfg.freeze_epochs is not None  # _resolve filled them
+    run = compute.of(cfg)  # refused here, before any work, where it cannot run
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     size = (cfg.input_size, cfg.input_size)
     d = data.load(cfg.data, size)
+    if cfg.pretrained:  # the ImageNet weights' features expect inputs normalised as ImageNet's were
+        d = replace(d, mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD)
     model = create_model(cfg.arch, len(d.classes))
-    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     history, start = [], 0
     state_path = out / "train_state.pt"
     origin = None  # where the starting weights came from
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         history, start, origin = state["history"], state["epoch"], state.get("pretrained")
         print(f"resuming {out} after epoch {start}")
     elif cfg.pretrained:
         loaded = pretrained.load(model, cfg.arch, cfg.pretrained)
         origin = loaded.origin
         print(loaded.summary())
-
-    steps_per_epoch = math.ceil(len(d.train) / cfg.batch_size)
-    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+        print(pretrained_recipe(given, cfg))
+    if compute.asked(cfg):
+        print(run.describe())
+    # while the model is on the CPU: the map size comes from a forward pass of a CPU tensor
     meta = checkpoint.metadata(
         model, cfg.arch, d.classes, size, d.mean, d.std, d.source, name=cfg.name, pretrained=origin
     )
+    # the optimizer after the model is on its device: loading its state puts the state beside the weights
+    run.place(model)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+    scaler = run.scaler()
+
+    steps_per_epoch = math.ceil(len(d.train) / cfg.batch_size)
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    shuffle = torch.Generator()  # seeded per epoch, so that a resumed run shuffles as an uninterrupted one
+    loader = run.batches(d.train, cfg.batch_size, shuffle)
     for epoch in range(start, cfg.epochs):
         frozen = epoch < cfg.freeze_epochs
         set_frozen(model, frozen)
@@ -162,24 +196,21 @@ def train(cfg: TrainConfig) -> dict:
             print(f"{span}: the pretrained backbone is frozen, the heads learn")
         elif epoch == cfg.freeze_epochs and epoch > 0:
             print(f"epoch {epoch + 1}: the backbone learns too")
-        loader = DataLoader(
-            d.train,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
-        )
+        shuffle.manual_seed(cfg.seed * 1000 + epoch)
         t0, seen, loss_sum = time.time(), 0, 0.0
         bar = track(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         for i, batch in enumerate(bar):
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, total, warmup)
-            y = batch["label"]
-            out_ = model(normalize(batch["image"], d.mean, d.std))
-            loss = F.cross_entropy(out_.attention_logits, y) + F.cross_entropy(out_.logits, y)
+            y = run.to(batch["label"])
+            with run.autocast():
+                out_ = model(run.layout(normalize(run.to(batch["image"]), d.mean, d.std)))
+                loss = F.cross_entropy(out_.attention_logits, y) + F.cross_entropy(out_.logits, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)  # fp16: skipped where the scaled gradients overflowed
+            scaler.update()
             seen += len(y)
             loss_sum += loss.item() * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
@@ -214,7 +245,13 @@ def train(cfg: TrainConfig) -> dict:
 
     final = {"val": evaluate(model, d.val, d.mean, d.std)}
     final.update({name: evaluate(model, ds, d.mean, d.std) for name, ds in d.evals.items()})
-    metrics = {"checkpoint": str(out / "checkpoint.pt"), "metadata": meta, "history": history, "final": final}
+    metrics = {
+        "checkpoint": str(out / "checkpoint.pt"),
+        "metadata": meta,
+        "history": history,
+        "final": final,
+        "compute": run.record(),
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _figures(model, d, history, out)
     for name, m in final.items():

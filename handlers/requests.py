@@ -75,7 +75,8 @@ def parse(request: dict, meta: dict, max_image_bytes: int = DEFAULT_MAX_IMAGE_BY
     if request.get("attention"):
         given = torch.from_numpy(wire.parse_map(request["attention"]))
         attention, supplied = resize_map(given[None], (h, w)).numpy(), True
-    top_k = _text(request.get("top_k"), str(DEFAULT_TOP_K))
+    # not given: the default, or every class of a model that has fewer (a two-class model answers both)
+    top_k = _text(request.get("top_k"), str(min(DEFAULT_TOP_K, len(meta["classes"]))))
     # ASCII digits only (str.isdigit is true for "²"), and few of them (int() of thousands of digits is slow)
     if not (top_k.isascii() and top_k.isdigit() and len(top_k) <= 6 and 1 <= int(top_k) <= len(meta["classes"])):
         raise wire.WireError(f"top_k: must be a whole number from 1 to {len(meta['classes'])}, got {top_k[:20]!r}")

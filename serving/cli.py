@@ -72,16 +72,52 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _augment_argument(group) -> None:
+def _augment_argument(group, default: str | None = "none") -> None:
+    """--augment; default None: train's, which is photo from pretrained weights and none otherwise."""
     from finetune.augment import AUGMENTS
 
     group.add_argument(
         "--augment",
         choices=AUGMENTS,
-        default="none",
+        default=default,
         help="augment the training images, a fresh draw every epoch; corrected maps are cropped and flipped with "
         "their image: flip (horizontal, half of the time), photo (random resized crop, flip, colour jitter); "
-        "none for decoy-digits, which a flip or crop changes",
+        "none for decoy-digits, which a flip or crop changes"
+        + ("; not given: photo with --pretrained, else none" if default is None else ""),
+    )
+
+
+def _compute_arguments(parser: argparse.ArgumentParser, d, not_given: str) -> None:
+    """--device, --precision, --channels-last, --workers (finetune.compute), defaults from d (a config)."""
+    from finetune.compute import PRECISIONS
+    from finetune.distributed import DEVICES
+
+    g = parser.add_argument_group("computing (docs/operations.md, Training on photographs and on a GPU)")
+    g.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=d.device,
+        help=f"where to train: cpu; cuda, the GPU (refused where there is none); auto, cuda where there is a GPU, "
+        f"else cpu (not given: {not_given})",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
+        help="bf16 or fp16: mixed precision (autocast; fp16 with loss scaling) on a GPU; weights and "
+        "checkpoints stay fp32",
+    )
+    g.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=d.channels_last,
+        help="model and images in the channels-last memory format, faster on a GPU's tensor cores; GPU only",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="DataLoader worker processes that read and augment the next batches (0: the training process)",
     )
 
 
@@ -92,7 +128,7 @@ def _data_config(args: argparse.Namespace) -> "DataConfig":
 
 
 def _tune_arguments(parser: argparse.ArgumentParser) -> None:
-    from finetune.knowledge import TuneConfig
+    from finetune.knowledge import FILLS, TuneConfig
 
     d = TuneConfig()
     g = parser.add_argument_group("fine-tuning")
@@ -105,6 +141,13 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
         "class; --no-counterexamples: on the edits alone, as the paper does",
     )
     g.add_argument("--copies", type=int, default=d.copies, help="counterexamples per edit and pass")
+    g.add_argument(
+        "--fill",
+        choices=FILLS,
+        default=d.fill,
+        help="what a counterexample's Ignore pixels become: another class's image there (other), or a neutral "
+        "fill: uniform noise, the image blurred, its mean colour",
+    )
     g.add_argument(
         "--correction-share",
         type=float,
@@ -127,12 +170,17 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD's L2 penalty on the weights")
     g.add_argument("--seed", type=int, default=d.seed, help="of the shuffling and the counterexamples")
     _augment_argument(g)
+    _compute_arguments(parser, d, "the CPU; under torchrun, each process its GPU where there are GPUs")
 
 
 def _tune_config(args: argparse.Namespace) -> "TuneConfig":
+    from finetune import compute
+    from finetune.distributed import World
     from finetune.knowledge import TuneConfig
 
-    return _config(TuneConfig, args, freeze_features=not args.unfreeze)
+    cfg = _config(TuneConfig, args, freeze_features=not args.unfreeze)
+    compute.of(cfg, World.from_env())  # refused now, not after a retraining run has read the store
+    return cfg
 
 
 def _target_arguments(parser) -> None:
@@ -294,7 +342,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up")
     g.add_argument("--seed", type=int, default=d.seed, help="of the initial weights and the shuffling")
-    _augment_argument(g)
+    _augment_argument(g, default=None)
+    _compute_arguments(parser, d, "the CPU")
     parser.add_argument("--name", default=d.name, help="model name recorded in the checkpoint")
     parser.add_argument("--out", default=d.out, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")

@@ -486,7 +486,7 @@ def run_once(cfg: RetrainConfig) -> dict | None:
     """One run under the store's retraining lock (a PostgreSQL advisory lock, or a file lock beside a SQLite
     file); None when another run holds it (that run writes a report saying so), and on the ranks other than 0
     under torchrun."""
-    world = distributed.start()
+    world = distributed.start(device=cfg.tune.device)
     try:
         if not world.is_main:
             tune_beside(cfg, world)

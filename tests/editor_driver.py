@@ -20,7 +20,13 @@ The page's stable handles (ids unless said otherwise):
 import json
 import time
 
+import numpy as np
 from playwright.sync_api import Browser, Page, Request, Response
+
+from handlers import wire
+from handlers.stubs.abn.v1 import feedback_pb2
+from serving.client import Client
+from serving.editor.gateway import EditorConfig, EditorServer
 
 WIDE = {"width": 1400, "height": 900}
 
@@ -133,3 +139,44 @@ class Editor:
         self.choose_class(label)
         self.submit()
         return item
+
+
+def start_editor(serve, feedback: str, classes: dict, **options) -> tuple[EditorServer, Client]:
+    """The editor's gateway on a free loopback port, in front of TorchServe (serve: its ServeConfig) and the
+    feedback service; with the client it calls them through, which holds no service token: it acts with the
+    experts' own. Stop both when done."""
+    client = Client.for_services(serve, feedback)
+    config = EditorConfig(address="127.0.0.1:0", target=serve.target, feedback=feedback, classes=classes, **options)
+    return EditorServer(config, client), client
+
+
+# What a stored correction holds, and where strokes should have landed in it
+
+
+def decided_of(f: feedback_pb2.Feedback) -> np.ndarray:
+    """The stored mask (h x w bool); all True when the correction decided every pixel."""
+    m = wire.mask_from_bytes(f.decided, (f.attention.height, f.attention.width))
+    return np.ones((f.attention.height, f.attention.width), bool) if m is None else m
+
+
+def map_of(f: feedback_pb2.Feedback) -> np.ndarray:
+    return wire.map_from_proto(f.attention)
+
+
+def capsule(shape: tuple[int, int], points: list[tuple[float, float]], radius: float, scale: float) -> np.ndarray:
+    """Each working-map pixel's distance beyond radius from a stroke through image pixels' centres (scale: map
+    pixels per image pixel); <= 0 inside the stroke."""
+    ys, xs = np.mgrid[: shape[0], : shape[1]] + 0.5
+    dist = np.full(shape, np.inf)
+    ends = [((x + 0.5) * scale, (y + 0.5) * scale) for x, y in points]
+    for (x0, y0), (x1, y1) in zip(ends, ends[1:] or ends):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xs - x0) * dx + (ys - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
+        dist = np.minimum(dist, np.hypot(xs - (x0 + t * dx), ys - (y0 + t * dy)))
+    return dist - radius * scale
+
+
+def assert_decided_matches(mask: np.ndarray, beyond: np.ndarray, margin: float = 1.5) -> None:
+    """Every pixel well inside the strokes was decided, and none well outside them."""
+    assert mask[beyond <= -margin].all(), "a pixel under a stroke was not decided"
+    assert not mask[beyond >= margin].any(), "a pixel off every stroke was decided"

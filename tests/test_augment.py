@@ -130,7 +130,7 @@ def test_training_augments_its_training_split_only(tmp_path):
 def test_the_command_line_passes_augment_to_train_and_finetune():
     parser = cli.build_parser()
     assert cli._data_config(parser.parse_args(["train", "--augment", "photo"])).augment == "photo"
-    assert cli._data_config(parser.parse_args(["train"])).augment == "none"
+    assert cli._data_config(parser.parse_args(["train"])).augment is None  # train's: none, photo from pretrained
     base = ["finetune", "ckpt.pt", "--data", "d", "--maps", "m", "--out", "o"]
     assert cli._tune_config(parser.parse_args([*base, "--augment", "flip"])).augment == "flip"
     assert cli._tune_config(parser.parse_args(base)).augment == "none"

@@ -7,7 +7,8 @@ from PIL import Image
 
 from finetune import data, decoy_digits
 from finetune.data import DataConfig, DataError, ImageFolder
-from finetune.images import ImageError, open_image
+from finetune.images import ImageError, image_tensor, open_image
+from handlers import requests
 
 
 def corner_patches(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -295,3 +296,48 @@ def test_tag_decoy_sits_at_one_place_on_every_image_of_its_class_only():
     assert int((only > 0).flatten(1).sum(1).max()) == int(pattern.sum())  # nothing but the tag
     d = data.load(DataConfig(decoy="tag"), (32, 32))
     assert d.source["decoy"] == "tag" and d.source["decoy_size"] == size and sorted(d.evals) == ["decoy-only", "test"]
+
+
+def test_every_mode_reads_the_same_for_training_and_serving(tmp_path):
+    """A photo in any mode a user's folder or client holds (EXIF-rotated JPEG, RGBA, CMYK, 16-bit grey,
+    palette) becomes the same tensor whether training reads it from a folder or the handler from a request."""
+    y, x = np.indices((30, 40))
+    smooth = np.stack([x * 6, y * 8, np.where(x < 20, 200, 40)], -1)  # smooth, so JPEG's loss stays small
+    colour = Image.fromarray(smooth.astype(np.uint8))
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 8  # shown turned a quarter anticlockwise
+    variants = {
+        "exif.jpg": encoded(colour, "JPEG", exif=exif.tobytes()),
+        "rgba.png": encoded(colour.convert("RGBA"), "PNG"),
+        "cmyk.jpg": encoded(colour.convert("CMYK"), "JPEG", quality=95),
+        "deep.png": encoded(Image.fromarray(np.asarray(colour.convert("L"), np.uint16) * 257), "PNG"),
+        "palette.png": encoded(colour.convert("P"), "PNG"),
+        "grey.tif": encoded(colour.convert("L"), "TIFF"),
+    }
+    for name, payload in variants.items():
+        (tmp_path / "photos" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / "a" / name).write_bytes(payload)
+    (tmp_path / "photos" / "b").mkdir()
+    (tmp_path / "photos" / "b" / "x.png").write_bytes(encoded(colour, "PNG"))
+    folder = ImageFolder(tmp_path / "photos", (24, 32))
+    meta = {"input_size": [24, 32], "map_size": [2, 2], "classes": ["a", "b"]}
+    for path, _, _ in folder.samples:
+        trained = folder[folder.samples.index((path, folder.classes.index(path.parent.name), None))]["image"]
+        served = requests.parse({"data": path.read_bytes()}, meta).image
+        assert trained.shape == (3, 24, 32) and torch.equal(trained, served), path.name
+    by_name = {p.name: folder[i]["image"] for i, (p, _, _) in enumerate(folder.samples)}
+    # the rotated JPEG is read upright, the 16-bit grey as its 8-bit self, RGBA and palette as the colour photo
+    upright = image_tensor(colour.transpose(Image.Transpose.ROTATE_90), (24, 32))
+    assert (by_name["exif.jpg"] - upright).abs().mean() < 0.05  # JPEG's loss only
+    assert torch.equal(by_name["deep.png"], by_name["grey.tif"])
+    assert torch.equal(by_name["rgba.png"], by_name["x.png"])
+    assert (by_name["cmyk.jpg"] - by_name["x.png"]).abs().mean() < 0.05
+
+
+def test_a_request_without_top_k_gets_every_class_of_a_model_with_fewer_than_five():
+    picture = encoded(Image.new("RGB", (8, 8)), "PNG")
+    two = {"input_size": [8, 8], "map_size": [1, 1], "classes": ["cat", "dog"]}
+    assert requests.parse({"data": picture}, two).top_k == 2  # a two-class photo model answers without top_k
+    assert requests.parse({"data": picture}, {**two, "classes": list("abcdefg")}).top_k == 5
+    with pytest.raises(Exception, match="top_k: must be a whole number from 1 to 2"):
+        requests.parse({"data": picture, "top_k": b"3"}, two)  # asked for more than there are: still refused

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from editor_driver import Editor, poll, watch_files
+from editor_driver import Editor, assert_decided_matches, capsule, decided_of, map_of, poll, start_editor, watch_files
 from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from finetune import decoy_digits, train
 from finetune.gate import GateConfig
-from handlers import wire
 from handlers.stubs.abn.v1 import feedback_pb2, review_pb2
 from serving import retraining, review
 from serving.client import Client
@@ -71,17 +70,7 @@ def stack(tmp_path_factory):
     with TorchServe(cfg), sync_playwright() as p:
         admin = Client.for_services(cfg, feedback_target, root / "token")
         assert review.add_folder(admin, review.QueueConfig(str(images)))["queued"] == QUEUED
-        gateway_client = Client.for_services(cfg, feedback_target)  # no service token: it acts with experts'
-        editor = EditorServer(
-            EditorConfig(
-                address="127.0.0.1:0",
-                target=cfg.target,
-                feedback=feedback_target,
-                classes=classes,
-                inputs=known_inputs([ckpt]),
-            ),
-            gateway_client,
-        )
+        editor, gateway_client = start_editor(cfg, feedback_target, classes, inputs=known_inputs([ckpt]))
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield {
             "url": f"http://127.0.0.1:{editor.port}",
@@ -109,41 +98,12 @@ def stored(stack, author: str) -> list[feedback_pb2.Feedback]:
     return [f for f in stack["admin"].list_feedback() if f.author == author]
 
 
-def decided_of(f: feedback_pb2.Feedback) -> np.ndarray:
-    """The stored mask (h x w bool); all True when the correction decided every pixel."""
-    m = wire.mask_from_bytes(f.decided, (f.attention.height, f.attention.width))
-    return np.ones((f.attention.height, f.attention.width), bool) if m is None else m
-
-
-def map_of(f: feedback_pb2.Feedback) -> np.ndarray:
-    return wire.map_from_proto(f.attention)
-
-
-def capsule(shape: tuple[int, int], points: list[tuple[float, float]], radius: float, scale: float) -> np.ndarray:
-    """Each working-map pixel's distance beyond radius from a stroke through image pixels' centres (scale: map
-    pixels per image pixel); <= 0 inside the stroke."""
-    ys, xs = np.mgrid[: shape[0], : shape[1]] + 0.5
-    dist = np.full(shape, np.inf)
-    ends = [((x + 0.5) * scale, (y + 0.5) * scale) for x, y in points]
-    for (x0, y0), (x1, y1) in zip(ends, ends[1:] or ends):
-        dx, dy = x1 - x0, y1 - y0
-        t = np.clip(((xs - x0) * dx + (ys - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
-        dist = np.minimum(dist, np.hypot(xs - (x0 + t * dx), ys - (y0 + t * dy)))
-    return dist - radius * scale
-
-
 def wait_until_waiting(stack, review_id: str, timeout: float = 10.0) -> None:
     """Until the page's release (sent without waiting for its answer) has put the item back."""
     deadline = time.time() + timeout
     while stack["admin"].feedback.review_item(review_id).state != review_pb2.REVIEW_STATE_WAITING:
         assert time.time() < deadline, f"review item {review_id} was not given back"
         time.sleep(0.1)
-
-
-def assert_decided_matches(mask: np.ndarray, beyond: np.ndarray, margin: float = 1.5) -> None:
-    """Every pixel well inside the strokes was decided, and none well outside them."""
-    assert mask[beyond <= -margin].all(), "a pixel under a stroke was not decided"
-    assert not mask[beyond >= margin].any(), "a pixel off every stroke was decided"
 
 
 def test_ctrl_enter_on_a_freshly_opened_item_stores_nothing_and_says_why(stack):

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import png
-from editor_driver import WIDE, poll, watch_files
+from editor_driver import WIDE, poll, start_editor, watch_files
 from old_stores import write_old_store
 from PIL import Image
 from playwright.sync_api import sync_playwright
@@ -31,7 +31,6 @@ from finetune.gate import GateConfig
 from finetune.knowledge import TuneConfig
 from serving import retraining
 from serving.client import Client
-from serving.editor.gateway import EditorConfig, EditorServer
 from serving.feedback import experts
 from serving.feedback.server import FeedbackServer, write_token
 from serving.feedback.service import known_classes
@@ -117,17 +116,7 @@ def stack(tmp_path_factory):
         )
         assert promoted["outcome"] == "promoted", promoted
 
-        gateway_client = Client.for_services(cfg, feedback_target)  # no service token: it acts with experts'
-        editor = EditorServer(
-            EditorConfig(
-                address="127.0.0.1:0",
-                target=cfg.target,
-                feedback=feedback_target,
-                classes=classes,
-                model_store=str(root / "store"),
-            ),
-            gateway_client,
-        )
+        editor, gateway_client = start_editor(cfg, feedback_target, classes, model_store=str(root / "store"))
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield {
             "url": f"http://127.0.0.1:{editor.port}",

@@ -117,6 +117,30 @@ def test_counterexamples_fill_only_ignore_pixels_from_another_class():
     assert len(none) == 0 and len(idx) == 0
 
 
+@pytest.mark.parametrize("fill", ["noise", "blur", "mean"])
+def test_neutral_fills_replace_only_ignore_pixels_and_need_no_other_class(fill):
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(8, 3, 16, 16, generator=g)
+    images[:, :, :4, :4] = torch.tensor([0.0, 1.0]).repeat(8)[:16].view(4, 4)  # a checkerboard tag, every image
+    labels = torch.zeros(8, dtype=torch.long)  # one class: the "other" fill could make nothing here
+    maps = torch.ones(8, 1, 16, 16)
+    maps[:, :, :4, :4] = 0  # the tag is to be ignored
+    decided = torch.ones(8, 1, 16, 16)
+    has = torch.tensor([True, True, False, True, False, False, False, False])
+    made, index = counterexamples(images, labels, maps, decided, has, torch.Generator().manual_seed(0), 2, fill)
+    assert sorted(index.tolist()) == [0, 0, 1, 1, 3, 3]
+    tag = torch.zeros(16, 16, dtype=torch.bool)
+    tag[:4, :4] = True
+    assert torch.equal(made[..., ~tag], images[index][..., ~tag])  # the rest is the image's
+    filled, original = made[..., tag], images[index][..., tag]
+    assert not torch.equal(filled, original) and filled.min() >= 0 and filled.max() <= 1
+    assert filled.std(dim=-1).mean() < original.std(dim=-1).mean() or fill == "noise"  # the tag's contrast gone
+    if fill == "mean":
+        assert torch.allclose(filled, images[index].mean((2, 3))[..., None].expand_as(filled))
+    with pytest.raises(ValueError, match="fill must be one of"):
+        counterexamples(images, labels, maps, decided, has, g, fill="zeros")
+
+
 def test_short_fine_tune_moves_the_map_toward_the_edits():
     torch.manual_seed(0)
     model = create_model("abn_small", 2)
@@ -214,10 +238,13 @@ def test_finetune_command_writes_a_new_version_and_a_report(tmp_path, parent, ca
             "2",
             "--batch-size",
             "8",
+            "--fill",
+            "blur",
         ]
     )
     assert code == 0, capsys.readouterr().err
     meta = checkpoint.read_metadata(out / "checkpoint.pt")
+    assert meta["trained_on"]["finetuned_on"]["config"]["fill"] == "blur"  # the option reaches the run
     assert meta["version"] == 2 and meta["parent_version"] == 1
     assert meta["trained_on"]["parent"] == {"data": "tiny"}
     assert meta["trained_on"]["finetuned_on"]["edited"] == 8 and meta["trained_on"]["finetuned_on"]["images"] == 16

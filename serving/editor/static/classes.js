@@ -14,6 +14,10 @@ export function classesFor(modelName, scores, predicted) {
 
 export function fillClasses(classes) {
   el.classList.textContent = "";
+  // Digits fit five to a row; words get columns as wide as the longest, with its key (a long one is cut short,
+  // its title says it whole).
+  const longest = Math.max(1, ...classes.map((c) => c.length));
+  el.classList.style.setProperty("--class-min", longest > 1 ? "calc(" + Math.min(longest, 24) + "ch + 3em)" : "46px");
   classes.forEach((c, i) => {
     const label = document.createElement("label");
     label.className = "class-option";

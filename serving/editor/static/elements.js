@@ -10,6 +10,7 @@ for (const id of [
   "tool-attend", "tool-ignore", "tool-ignore-box", "brush-size", "brush-size-value", "brush-edge",
   "class-list", "use-predicted", "label-note", "contrast-panel", "window-width", "window-width-value",
   "window-level", "window-level-value", "contrast-auto", "contrast-reset", "show-map", "preview", "opacity",
-  "opacity-value", "undo", "redo", "reset", "clear", "scores-old", "scores-new", "scores-new-note", "ask",
-  "ask-text", "ask-yes", "ask-no", "shortcuts", "skip-to-tools", "tools",
+  "opacity-value", "style-colours", "style-outline", "style-hue", "legend", "undo", "redo", "reset", "clear",
+  "scores-old", "scores-new", "scores-new-note", "ask", "ask-text", "ask-yes", "ask-no", "shortcuts", "skip-to-tools",
+  "tools",
 ]) el[id.replace(/-([a-z])/g, (_, c) => c.toUpperCase())] = document.getElementById(id);

@@ -20,7 +20,7 @@ export function exposeTestHooks() {
     width: S.W, height: S.H,
     modelHeight: S.mh, modelWidth: S.mw,
     undoDepth: S.undo.length, redoDepth: S.redo.length,
-    tool: S.tool, size: SIZES[S.sizeIndex], edge: S.edge,
+    tool: S.tool, size: SIZES[S.sizeIndex], edge: S.edge, mapStyle: S.mapStyle,
     zoom: S.item ? (S.zoom * S.W) / S.iw : 0,
     label: S.label, confirmed: S.confirmed,
     decided: S.decided ? S.decided.reduce((a, b) => a + b, 0) : 0,
@@ -36,5 +36,18 @@ export function exposeTestHooks() {
     const r = el.canvas.getBoundingClientRect();
     return { x: r.left + ((x + 0.5) * r.width) / S.iw, y: r.top + ((y + 0.5) * r.height) / S.ih };
   };
+  // The share of the canvas's pixels the map visibly changes (a channel off the picture's by more than 12).
+  window.editorMapCover = () => {
+    if (!S.item) return null;
+    const shown = el.canvas.getContext("2d").getImageData(0, 0, S.W, S.H).data;
+    const base = S.base.getContext("2d").getImageData(0, 0, S.W, S.H).data;
+    let changed = 0;
+    for (let j = 0; j < shown.length; j += 4) {
+      const off = Math.max(Math.abs(shown[j] - base[j]), Math.abs(shown[j + 1] - base[j + 1]), Math.abs(shown[j + 2] - base[j + 2]));
+      if (off > 12) changed++;
+    }
+    return changed / (S.W * S.H);
+  };
   window.editorBaseAt = (x, y) => (S.base.getContext("2d").getImageData(Math.floor(x), Math.floor(y), 1, 1).data[0]);
+  window.editorPictureAt = (x, y) => [...S.base.getContext("2d").getImageData(Math.floor(x), Math.floor(y), 1, 1).data.slice(0, 3)];
 }

@@ -6,7 +6,7 @@ import { skip, submit, tryIt } from "./correction.js";
 import { el } from "./elements.js";
 import { redo, undo } from "./history.js";
 import { clearError } from "./messages.js";
-import { toggleMap, togglePreview } from "./render.js";
+import { nextMapStyle, toggleMap, togglePreview } from "./render.js";
 import { S } from "./state.js";
 import { setEdge, setSizeIndex, setTool } from "./tools.js";
 import { fitPicture, zoomIn, zoomOut } from "./zoom.js";
@@ -26,6 +26,7 @@ const ACTIONS = {
   r: () => setTool("box"),
   e: () => setEdge(S.edge === "soft" ? "hard" : "soft"),
   m: toggleMap,
+  o: nextMapStyle,
   p: togglePreview,
   t: tryIt,
   s: skip,

@@ -13,14 +13,15 @@
 // somewhere. tests/test_editor_modules.py checks the imports against this list.
 //
 // layer 1 base: api.js maps.js state.js elements.js
-// layer 2 page: messages.js render.js controls.js scores.js
+// layer 2 page: messages.js overlay.js render.js controls.js scores.js
 // layer 3 picture: history.js brush.js box.js zoom.js contrast.js tools.js stage.js classes.js
 // layer 4 work: progress.js queue.js lease.js item.js claims.js correction.js upload.js mine.js session.js
 // layer 5 entry: keys.js hooks.js main.js models.js
 //
 // 1: every call to the gateway (api); map maths, and a map and its mask as the API takes them (maps); the
 //    shared state; the page's elements.
-// 2: messages and questions; the canvas and the View options (render); which buttons work (controls); scores.
+// 2: messages and questions; the map's styles (overlay); the canvas and the View options (render); which buttons
+//    work (controls); scores.
 // 3: the undo history, the brush and the ignore box; zoom and pan; window and level (contrast); the tool and
 //    brush size (tools); the pointer on the picture (stage); the class.
 // 4: the progress line; the queue and its filters; the claim's lease; the open item; claiming; try, submit

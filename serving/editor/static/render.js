@@ -1,11 +1,13 @@
 // What the canvas shows: the picture, and over it the map as the View options say (shown or not, at the
-// working or the model's resolution, how opaque). Pixels the expert has not decided are faded.
+// working or the model's resolution, in which style, how opaque). Pixels the expert has not decided are faded.
 import { el } from "./elements.js";
-import { areaDown, blocksUp, clamp01, JET } from "./maps.js";
+import { areaDown, blocksUp } from "./maps.js";
+import { drawOverlay, MAP_STYLES } from "./overlay.js";
 import { S } from "./state.js";
 
-const FADED = 110; // overlay alpha (of 255) of pixels the expert has not decided
+const MAP_STYLE = "abn-editor-map-style"; // localStorage: the map style the expert chose last
 const ctx = el.canvas.getContext("2d");
+const styleInputs = () => [el.styleColours, el.styleOutline, el.styleHue];
 
 // At most one drawing per frame, however many changes come before it.
 export function requestRender() {
@@ -23,12 +25,7 @@ function render() {
   ctx.drawImage(S.base, 0, 0);
   if (!el.showMap.checked) return;
   const src = el.preview.checked ? blocksUp(areaDown(S.map, W, H, S.mw, S.mh), S.mw, S.mh, W, H) : S.map;
-  const d = S.overlayData.data, decided = S.decided, all = S.confirmed;
-  for (let i = 0, n = W * H; i < n; i++) {
-    const c = Math.round(clamp01(src[i]) * 255) * 3, j = i * 4;
-    d[j] = JET[c]; d[j + 1] = JET[c + 1]; d[j + 2] = JET[c + 2];
-    d[j + 3] = all || decided[i] ? 255 : FADED;
-  }
+  drawOverlay(S.mapStyle, S.overlayData.data, src, S.decided, S.confirmed, W, H);
   S.overlay.getContext("2d").putImageData(S.overlayData, 0, 0);
   ctx.globalAlpha = Number(el.opacity.value) / 100;
   ctx.drawImage(S.overlay, 0, 0);
@@ -49,9 +46,25 @@ export function togglePreview() {
   previewChanged();
 }
 
+// The map's style (overlay.js), remembered in this browser when the expert chooses it.
+function setMapStyle(style, chosen) {
+  S.mapStyle = MAP_STYLES.includes(style) ? style : MAP_STYLES[0];
+  for (const input of styleInputs()) input.checked = input.value === S.mapStyle;
+  el.legend.dataset.style = S.mapStyle;
+  if (chosen) localStorage.setItem(MAP_STYLE, S.mapStyle);
+  requestRender();
+}
+export function nextMapStyle() {
+  setMapStyle(MAP_STYLES[(MAP_STYLES.indexOf(S.mapStyle) + 1) % MAP_STYLES.length], true);
+}
+
 export function wireView() {
   el.showMap.addEventListener("change", requestRender);
   el.opacity.addEventListener("input", () => { el.opacityValue.textContent = el.opacity.value; requestRender(); });
   el.preview.addEventListener("change", previewChanged);
   el.opacityValue.textContent = el.opacity.value;
+  for (const input of styleInputs()) {
+    input.addEventListener("change", () => { if (input.checked) setMapStyle(input.value, true); });
+  }
+  setMapStyle(localStorage.getItem(MAP_STYLE), false);
 }

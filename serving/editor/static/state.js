@@ -16,6 +16,7 @@ export const S = {
   undo: [], redo: [], maxUndo: 50,
   stroke: null, box: null, pan: null,
   tool: "attend", sizeIndex: 10, edge: "soft", sizeFor: {},
+  mapStyle: "colours", // how the map is drawn: one of overlay.js's MAP_STYLES
   zoom: 1, fit: 1,
   spaceDown: false, overStage: false,
   grey: null, // Uint8Array W*H of a greyscale picture's values, for window/level; null for colour
