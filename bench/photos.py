@@ -21,6 +21,8 @@ Then it runs the product's own command line: `abn train` from scratch (or from -
     paper    L_map alone (Mitsuhara et al.): the map moves off the artefact; does (1 + M) still let it through?
     other    L_map + counterexamples whose Ignore pixels come from photos of other classes (the default)
     noise, blur, mean   the same with a neutral fill of the Ignore pixels (abn finetune --fill)
+    transplants  other, and the Ignore pixels also pasted into photos of other classes (abn finetune --transplants)
+    transplants-unfrozen  the same with the feature extractor learning too (--unfreeze)
 
 and prints, per model, accuracy on the clean photos, on the photos whose artefact points to the wrong class,
 how often the artefact alone makes it say the artefact's class, and the attention inside the artefact's box,
@@ -64,6 +66,8 @@ VARIANTS = {
     "noise": ["--fill", "noise"],
     "blur": ["--fill", "blur"],
     "mean": ["--fill", "mean"],
+    "transplants": ["--fill", "other", "--transplants"],
+    "transplants-unfrozen": ["--fill", "other", "--transplants", "--unfreeze"],
 }
 SETS = ("test-clean", "test-wrong", "artefact-only")
 Z = NormalDist().inv_cdf(0.975)
@@ -116,10 +120,15 @@ def scan(folder: Path, classes: list[str] | None) -> dict[str, list[Path]]:
 
 
 def prepare(args, out: Path) -> dict:
-    """Writes the data sets and the maps (once; a rerun reads the record back)."""
+    """Writes the data sets (once; a rerun reads the record back) and the maps of each share (once each)."""
     record_path = out / "data" / "record.json"
-    if record_path.exists():
-        return json.loads(record_path.read_text())
+    record = json.loads(record_path.read_text()) if record_path.exists() else write_sets(args, out)
+    for share in args.shares:
+        paint(share, record, args.seed, out)
+    return record
+
+
+def write_sets(args, out: Path) -> dict:
     files = scan(Path(args.folder), args.classes)
     classes = list(files)
     marked = args.artefact_class or classes[0]
@@ -145,39 +154,46 @@ def prepare(args, out: Path) -> dict:
                 canvas = np.broadcast_to(picture.reshape(-1, 3).mean(0).astype(np.uint8), picture.shape)
                 save(stamp(canvas, args.artefact), tmp / "artefact-only" / marked / f"{c}-{name}")
         print(f"prepared {c}: {counts[c]['train']} train, {n_test} test", flush=True)
-    train = sorted((tmp / "train").rglob("*.png"))
-    rows, cols = artefact_box(size)
-    box = np.zeros((size, size), bool)
-    box[rows, cols] = True
-    middle = np.hypot(*(np.indices((size, size)) - (size - 1) / 2) / (0.3 * size)) <= 1  # an ellipse, 60 % across
-    for share in args.shares:
-        chosen = np.random.default_rng(args.seed + 1).permutation(len(train))[: round(share * len(train))]
-        for k in chosen:
-            path = train[k]
-            artefact = box if path.parent.name == marked else np.zeros_like(box)
-            edited, decided = expert.strokes(
-                middle & ~box,
-                artefact,
-                brush=max(1, size // 32),
-                length=max(4, size // 6),
-                miss=0.1,
-                jitter=size / 64,
-                wrong=0.1,
-                seed=args.seed * 100_000 + int(k),
-            )
-            picture = np.stack([edited * 255, decided * 255], -1).round().astype(np.uint8)
-            target = tmp / "maps" / f"{share:g}" / path.relative_to(tmp / "train")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(picture, "LA").save(target)
-        print(f"painted maps on {len(chosen)} of {len(train)} training photos ({share:.0%})", flush=True)
     record = {"classes": classes, "artefact_class": marked, "artefact": args.artefact, "size": size, "counts": counts}
     (tmp / "record.json").write_text(json.dumps(record, indent=2) + "\n")
-    (tmp / "maps").rename(out / "maps")
     tmp.rename(out / "data")
     return record
 
 
+def paint(share: float, record: dict, seed: int, out: Path) -> None:
+    """The simulated experts' maps on a seeded share of the training photos (a larger share holds a smaller
+    one's photos, with the same strokes)."""
+    target = out / "maps" / f"{share:g}"
+    if target.exists():
+        return
+    train = sorted((out / "data" / "train").rglob("*.png"))
+    size = record["size"]
+    rows, cols = artefact_box(size)
+    box = np.zeros((size, size), bool)
+    box[rows, cols] = True
+    middle = np.hypot(*(np.indices((size, size)) - (size - 1) / 2) / (0.3 * size)) <= 1  # an ellipse, 60 % across
+    chosen = np.random.default_rng(seed + 1).permutation(len(train))[: round(share * len(train))]
+    tmp = target.with_name(target.name + ".partial")
+    for k in chosen:
+        path = train[k]
+        edited, decided = expert.strokes(
+            middle & ~box,
+            box if path.parent.name == record["artefact_class"] else np.zeros_like(box),
+            brush=max(1, size // 32),
+            length=max(4, size // 6),
+            miss=0.1,
+            jitter=size / 64,
+            wrong=0.1,
+            seed=seed * 100_000 + int(k),
+        )
+        picture = np.stack([edited * 255, decided * 255], -1).round().astype(np.uint8)
+        save(picture, tmp / path.relative_to(out / "data" / "train"))
+    tmp.rename(target)
+    print(f"painted maps on {len(chosen)} of {len(train)} training photos ({share:.0%})", flush=True)
+
+
 def save(picture: np.ndarray, path: Path) -> None:
+    """H x W x 3 (RGB) or H x W x 2 (a map: grey and alpha, the decided pixels) uint8, as PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(picture)).save(path)
 
@@ -192,6 +208,7 @@ def abn(*argv: str) -> None:
 def measure(ckpt: Path, out: Path, record: dict) -> dict:
     """Accuracy on each evaluation set, the paired gap clean - wrong, and the attention in the artefact's box."""
     model, meta = checkpoint.load(ckpt)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # scored where it trained, on a GPU if any
     size = tuple(meta["input_size"])
     mean, std = meta["mean"], meta["std"]
     figures: dict = {}

@@ -51,6 +51,7 @@ def keep_share(maps: Path, share: float, seed: int) -> str:
 
 def measure(ckpt: Path) -> dict:
     model, meta = checkpoint.load(ckpt)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # scored where it trained, on a GPU if any
     mean, std = meta["mean"], meta["std"]
     size = tuple(meta["input_size"])
 

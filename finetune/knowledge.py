@@ -73,6 +73,7 @@ class TuneConfig:
     correction_share: float = 0.25
     augment: str = "none"  # finetune.augment.AUGMENTS; corrected maps and decided masks follow their image
     fill: str = "other"  # FILLS: what a counterexample's Ignore pixels become
+    transplants: bool = False  # also paste each edit's Ignore pixels into images of other classes (transplants())
     # how it computes (finetune.compute); not what the run is, so a resumed run takes them as given
     device: str | None = None  # cpu, cuda or auto; None: finetune.distributed.World.device
     precision: str = "fp32"  # compute.PRECISIONS; bf16 and fp16 on a GPU only
@@ -123,6 +124,24 @@ def _neutral(images: torch.Tensor, fill: str, generator: torch.Generator) -> tor
     return F.avg_pool2d(images, k, stride=1, padding=k // 2, count_include_pad=False)
 
 
+def _edits(ignore: torch.Tensor, has_map: torch.Tensor, generator: torch.Generator, copies: int, batch: int):
+    """The edited images with Ignore pixels, each `copies` times, at most a batch's worth (so that many edits do
+    not slow a pass down)."""
+    index = (has_map & ignore.flatten(1).any(1)).nonzero().flatten().repeat(copies)
+    if len(index) > batch:
+        index = index[torch.randperm(len(index), generator=generator)[:batch]]
+    return index
+
+
+def _partners(index: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+    """(the entries of index whose batch holds another class, for each an image of another class, uniformly)."""
+    others = labels[index, None] != labels[None]  # len(index) x batch: the partners each copy may take
+    index, others = index[others.any(1)], others[others.any(1)]
+    # uniform among the other classes' images: the largest of random scores, where allowed
+    scores = torch.rand(others.shape, generator=generator).masked_fill(~others, -1)
+    return index, scores.argmax(1)
+
+
 def counterexamples(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -139,20 +158,30 @@ def counterexamples(
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
     ignore = ignore_pixels(maps, decided)
-    index = (has_map & ignore.flatten(1).any(1)).nonzero().flatten().repeat(copies)
-    if len(index) > len(images):  # at most double a batch, so that many edits do not slow a pass down
-        index = index[torch.randperm(len(index), generator=generator)[: len(images)]]
+    index = _edits(ignore, has_map, generator, copies, len(images))
     if fill != "other":
         return torch.where(ignore[index], _neutral(images[index], fill, generator), images[index]), index
-    others = labels[index, None] != labels[None]  # len(index) x batch: the partners each copy may take
-    index = index[others.any(1)]
-    others = others[others.any(1)]
-    if len(index) == 0:
-        return images[:0], index
-    # uniform among the other classes' images: the largest of random scores, where allowed
-    scores = torch.rand(others.shape, generator=generator).masked_fill(~others, -1)
-    partner = scores.argmax(1)
+    index, partner = _partners(index, labels, generator)
     return torch.where(ignore[index], images[partner], images[index]), index
+
+
+def transplants(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    maps: torch.Tensor,
+    decided: torch.Tensor,
+    has_map: torch.Tensor,
+    generator: torch.Generator,
+    copies: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The other direction of a counterexample: for each edited image of the batch with Ignore pixels, copies of
+    an image of another class with those pixels pasted in from the edited one; returns the copies and the
+    indices of the images they were pasted into, whose labels they keep. What the expert marked irrelevant on
+    one image (a tag in a fixed place) then also sits on other classes' images, where it must not change their
+    class: counterexamples take it off its class, transplants put it on the others."""
+    ignore = ignore_pixels(maps, decided)
+    index, partner = _partners(_edits(ignore, has_map, generator, copies, len(images)), labels, generator)
+    return torch.where(ignore[index], images[index], images[partner]), partner
 
 
 def trainable_mode(model: ABN, freeze_features: bool) -> None:
@@ -264,8 +293,12 @@ def fine_tune(
             x, y, m, has = batch["image"], batch["label"], batch["map"], batch["has_map"]
             d, w = batch["decided"], batch["weight"].float()
             seen += len(y)
-            if cfg.counterexamples:  # on the CPU, where the generator is
-                extra, index = counterexamples(x, y, m, d, has, gen, cfg.copies, cfg.fill)
+            made = []  # (copies, the rows whose label, map and weight each takes), on the CPU, where gen is
+            if cfg.counterexamples:
+                made.append(counterexamples(x, y, m, d, has, gen, cfg.copies, cfg.fill))
+            if cfg.transplants:
+                made.append(transplants(x, y, m, d, has, gen, cfg.copies))
+            for extra, index in made:
                 x, y = torch.cat([x, extra]), torch.cat([y, y[index]])
                 m, has = torch.cat([m, m[index]]), torch.cat([has, has[index]])
                 d, w = torch.cat([d, d[index]]), torch.cat([w, w[index]])

@@ -149,6 +149,13 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
         "fill: uniform noise, the image blurred, its mean colour",
     )
     g.add_argument(
+        "--transplants",
+        action=argparse.BooleanOptionalAction,
+        default=d.transplants,
+        help="also train on copies of images of other classes with each corrected image's Ignore pixels pasted "
+        "in, keeping their class: an artefact the expert ignored then appears on every class",
+    )
+    g.add_argument(
         "--correction-share",
         type=float,
         default=d.correction_share,

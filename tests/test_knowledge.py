@@ -9,7 +9,7 @@ from PIL import Image
 from finetune import candidate, checkpoint, expert
 from finetune.data import TensorSet
 from finetune.evaluate import evaluate
-from finetune.knowledge import TuneConfig, counterexamples, fine_tune, map_loss
+from finetune.knowledge import TuneConfig, counterexamples, fine_tune, map_loss, transplants
 from finetune.model import create_model
 from serving import cli
 
@@ -141,6 +141,27 @@ def test_neutral_fills_replace_only_ignore_pixels_and_need_no_other_class(fill):
         counterexamples(images, labels, maps, decided, has, g, fill="zeros")
 
 
+def test_transplants_paste_the_ignored_pixels_into_other_classes_images_which_keep_their_class():
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(6, 3, 8, 8, generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 2, 0])
+    maps = torch.ones(6, 1, 8, 8)
+    maps[:, :, :3, :3] = 0  # a tag in the corner, to be ignored
+    decided = torch.zeros(6, 1, 8, 8)
+    decided[:, :, :4, :4] = 1  # strokes over the corner only
+    has = torch.tensor([True, False, False, False, False, True])
+    made, partner = transplants(images, labels, maps, decided, has, torch.Generator().manual_seed(0), copies=2)
+    assert len(made) == 4 and all(labels[k] != 0 for k in partner.tolist())  # into images of other classes only
+    tag = torch.zeros(8, 8, dtype=torch.bool)
+    tag[:3, :3] = True
+    assert torch.equal(made[..., ~tag], images[partner][..., ~tag])  # the rest is the image pasted into
+    for j in range(len(made)):  # the corner is one of the edited images' (0 or 5)
+        assert any(torch.equal(made[j][..., tag], images[k][..., tag]) for k in (0, 5))
+    one_class = torch.zeros(6, dtype=torch.long)
+    none, idx = transplants(images, one_class, maps, decided, has, torch.Generator())
+    assert len(none) == 0 and len(idx) == 0  # no other class in the batch: none
+
+
 def test_short_fine_tune_moves_the_map_toward_the_edits():
     torch.manual_seed(0)
     model = create_model("abn_small", 2)
@@ -240,11 +261,13 @@ def test_finetune_command_writes_a_new_version_and_a_report(tmp_path, parent, ca
             "8",
             "--fill",
             "blur",
+            "--transplants",
         ]
     )
     assert code == 0, capsys.readouterr().err
     meta = checkpoint.read_metadata(out / "checkpoint.pt")
-    assert meta["trained_on"]["finetuned_on"]["config"]["fill"] == "blur"  # the option reaches the run
+    config = meta["trained_on"]["finetuned_on"]["config"]
+    assert config["fill"] == "blur" and config["transplants"]  # the options reach the run
     assert meta["version"] == 2 and meta["parent_version"] == 1
     assert meta["trained_on"]["parent"] == {"data": "tiny"}
     assert meta["trained_on"]["finetuned_on"]["edited"] == 8 and meta["trained_on"]["finetuned_on"]["images"] == 16
