@@ -341,8 +341,8 @@ def main() -> None:
     base_dir = out / base.replace(" ", "-")
     train = ["train", "--data", str(out / "data" / "train"), "--arch", args.arch, "--input-size", str(args.size)]
     train += ["--epochs", str(args.train_epochs), "--seed", str(args.seed), "--out", str(base_dir), "--resume"]
-    if args.pretrained:
-        train += ["--pretrained", args.pretrained]
+    if args.pretrained:  # without augmentation, as from scratch (--extra "--augment photo" to change it): a crop
+        train += ["--pretrained", args.pretrained, "--augment", "none"]  # moves the artefact off its fixed place
     if not (base_dir / "metrics.json").exists():  # written when the run finished
         abn(*train, *extra)
     cell(base, base_dir / "checkpoint.pt", out, record, results)
