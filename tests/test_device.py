@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from photo_folders import colour_folder
 from torch.utils.data import DataLoader
 from torchvision.models import resnet18
 
@@ -35,18 +35,7 @@ def folder(tmp_path_factory) -> Path:
     """Two classes of 7 colour images each (32x32), with corrected maps for three of each, and an untrained
     abn_small for them as parent/checkpoint.pt."""
     root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for label, name in enumerate("ab"):
-        (root / "images" / name).mkdir(parents=True)
-        (root / "maps" / name).mkdir(parents=True)
-        for i in range(7):
-            pixels = rng.integers(0, 128, (32, 32, 3), dtype=np.uint8)
-            pixels[..., 2 * label] += 120
-            Image.fromarray(pixels).save(root / "images" / name / f"{i}.png")
-            if i < 3:
-                mask = np.zeros((32, 32), np.uint8)
-                mask[8:24, 8:24] = 255
-                Image.fromarray(mask).save(root / "maps" / name / f"{i}.png")
+    colour_folder(root / "images", root / "maps", count=7, mapped=3)
     torch.manual_seed(0)
     model = create_model("abn_small", 2).eval()
     meta = checkpoint.metadata(

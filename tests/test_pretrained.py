@@ -7,10 +7,9 @@ import hashlib
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from photo_folders import colour_folder
 from torchvision.models import resnet18, resnet34, resnet50
 
 from finetune import checkpoint, pretrained, train
@@ -37,18 +36,7 @@ def resnet(tmp_path):
 @pytest.fixture
 def photos(tmp_path):
     """Two classes of 8 colour images each (class a reddish, b bluish), with maps for two images of each."""
-    rng = np.random.default_rng(0)
-    for label, name in enumerate("ab"):
-        (tmp_path / "photos" / name).mkdir(parents=True)
-        (tmp_path / "maps" / name).mkdir(parents=True)
-        for i in range(8):
-            pixels = rng.integers(0, 128, (32, 32, 3), dtype=np.uint8)
-            pixels[..., 2 * label] += 120
-            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.png")
-            if i < 2:
-                mask = np.zeros((32, 32), np.uint8)
-                mask[8:24, 8:24] = 255
-                Image.fromarray(mask).save(tmp_path / "maps" / name / f"{i}.png")
+    colour_folder(tmp_path / "photos", tmp_path / "maps", count=8, mapped=2)
     return tmp_path / "photos"
 
 
