@@ -15,25 +15,17 @@ points to the wrong class, their paired gap, the decoy-only accuracy and the att
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.photos import VARIANTS, rows, wilson
+from bench.photos import VARIANTS, abn, rows, wilson
 from finetune import checkpoint, decoy_digits
 from finetune.data import TensorSet
 from finetune.evaluate import correct, predict
 from finetune.gate import paired_drop
 from finetune.images import resize_map
-
-
-def abn(*argv: str) -> None:
-    command = [str(Path(sys.executable).parent / "abn"), *argv]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
 
 
 def keep_share(maps: Path, share: float, seed: int) -> str:
